@@ -150,7 +150,7 @@ class Cameras:
         if tan_half is not None and not compat:
             raise ValueError("tan_half: only used with compat=True (clean mode takes the focal length from the labels)")
         cam_to_world = labels[..., :16].reshape(*labels.shape[:-1], 4, 4)
-        _check_rigid_labels(cam_to_world)
+        _check_labels(labels, cam_to_world)
         world_to_cam = rigid_inverse(cam_to_world)
         if compat:
             tan_half = COMPAT_TAN_HALF_FOV if tan_half is None else tan_half
@@ -164,8 +164,10 @@ class Cameras:
                               [0.0, 0.0, 1.0]], dtype=labels.dtype, device=labels.device)
             k = k.expand(*labels.shape[:2], 3, 3).clone()
         else:
-            scale = torch.tensor([width, height, 1.0], dtype=labels.dtype, device=labels.device)
-            k = labels[..., 16:].reshape(*labels.shape[:-1], 3, 3) * scale[:, None]
+            zero, one = torch.zeros_like(labels[..., 16]), torch.ones_like(labels[..., 16])
+            k = torch.stack([labels[..., 16] * width, zero, labels[..., 18] * width,
+                             zero, labels[..., 20] * height, labels[..., 21] * height,
+                             zero, zero, one], dim=-1).reshape(*labels.shape[:-1], 3, 3)
         return cls(world_to_cam=world_to_cam, K=k, width=width, height=height, near=near)
 
     def to_eg3d_labels(self) -> Tensor:
@@ -213,24 +215,32 @@ class Cameras:
                        K=self.K.to(device=device, dtype=dtype), width=self.width, height=self.height, near=self.near)
 
 
-def _check_rigid_labels(cam_to_world: Tensor) -> None:
-    """Catch labels that are not row-major rigid cam2world matrices (e.g. transposed or scaled)."""
-    m = cam_to_world.detach()
+def _check_labels(labels: Tensor, cam_to_world: Tensor) -> None:
+    """Catch labels that are not row-major rigid cam2world + pinhole intrinsics (e.g. transposed or scaled)."""
+    m, intrinsics = cam_to_world.detach(), labels.detach()[..., 16:]
     rot = m[..., :3, :3]
     eye = torch.eye(3, dtype=m.dtype, device=m.device)
     last_row = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=m.dtype, device=m.device)
+    pinhole = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], dtype=m.dtype, device=m.device)
+    free = torch.tensor([1, 0, 1, 0, 1, 1, 0, 0, 0], dtype=torch.bool, device=m.device)  # fx, cx, fy, cy
     flags = torch.stack([
-        torch.isfinite(m).all(),
+        torch.isfinite(labels.detach()).all(),
         ((m[..., 3, :] - last_row).abs() <= 1e-4).all(),
         ((rot.transpose(-1, -2) @ rot - eye).abs() <= 1e-2).all(),
+        (((intrinsics - pinhole).abs() <= 1e-6) | free).all(),
+        (intrinsics[..., 0] > 0).all() & (intrinsics[..., 4] > 0).all(),
     ]).tolist()
     if not flags[0]:
-        raise ValueError("labels: cam2world (entries 0-15) contains non-finite values (NaN or inf)")
+        raise ValueError("labels: contain non-finite values (NaN or inf)")
     if not flags[1]:
         raise ValueError("labels: cam2world (entries 0-15) must be a row-major 4x4 matrix with last row 0 0 0 1 "
                          "(is the label transposed?)")
     if not flags[2]:
         raise ValueError("labels: the rotation part of cam2world (entries 0-2, 4-6, 8-10) is not orthonormal")
+    if not flags[3]:
+        raise ValueError("labels: intrinsics (entries 16-24) must be [fx, 0, cx, 0, fy, cy, 0, 0, 1]")
+    if not flags[4]:
+        raise ValueError("labels: normalized focal lengths (entries 16 and 20) must be positive")
 
 
 # --------------------------------------------------------------------------------------------------

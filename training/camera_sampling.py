@@ -167,8 +167,11 @@ def video_trajectory_label(t, num_frames: int, radius: float = FFHQ_RADIUS, look
     pi = COMPAT_PI if compat else math.pi
     t = torch.as_tensor(t, dtype=dtype, device=device)
     phase = 2 * pi * t / num_frames
-    yaw = pi / 2 + _check_real("yaw_amplitude", yaw_amplitude) * torch.sin(phase)
-    v = pi / 2 + _check_real("pitch_offset", pitch_offset) + _check_real("pitch_amplitude", pitch_amplitude) * torch.cos(phase)
+    yaw_amplitude = _check_real("yaw_amplitude", yaw_amplitude)
+    pitch_amplitude = _check_real("pitch_amplitude", pitch_amplitude)
+    pitch_offset = _check_real("pitch_offset", pitch_offset)
+    yaw = pi / 2 + yaw_amplitude * torch.sin(phase)
+    v = pi / 2 + pitch_offset + pitch_amplitude * torch.cos(phase)
     return eg3d_label(orbit_cam2world(yaw, v, radius=radius, lookat=lookat), focal)
 
 
