@@ -11,6 +11,7 @@ cameras are OpenCV cam2world matrices with normalized intrinsics, pixel (i, j) i
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -186,36 +187,70 @@ def random_head_scene(rng: np.random.Generator, size: float) -> Scene:
 
 
 def camera_rays(cam2world: np.ndarray, intrinsics: np.ndarray, width: int, height: int):
-    """Ray origin [3] and unnormalised world directions [H*W, 3] through the pixel centres."""
+    """Ray origin [3] and unnormalised world directions [H, W, 3] through the pixel centres."""
     fx, fy = intrinsics[0, 0] * width, intrinsics[1, 1] * height
     cx, cy = intrinsics[0, 2] * width, intrinsics[1, 2] * height
     u = (np.arange(width) + 0.5 - cx) / fx
     v = (np.arange(height) + 0.5 - cy) / fy
     uu, vv = np.meshgrid(u, v)  # [H, W], row = y
-    dirs_cam = np.stack([uu.ravel(), vv.ravel(), np.ones(width * height)], axis=1)
+    dirs_cam = np.stack([uu, vv, np.ones_like(uu)], axis=-1)
     return cam2world[:3, 3].copy(), dirs_cam @ cam2world[:3, :3].T
 
 
-def intersect(scene: Scene, origin: np.ndarray, dirs: np.ndarray):
-    """Nearest ray-ellipsoid hit: (t [M] (inf where missed), part index [M], local unit-sphere point [M, 3])."""
-    inv_r = 1.0 / scene.radii  # [P, 3]
-    o_local = np.einsum("pji,pj->pi", scene.rotations, origin[None] - scene.centers) * inv_r  # R^T (o - c) / r
-    d_local = np.einsum("pji,mj->pmi", scene.rotations, dirs) * inv_r[:, None]  # [P, M, 3]
-    a = np.einsum("pmi,pmi->pm", d_local, d_local)
-    b = np.einsum("pmi,pi->pm", d_local, o_local)  # half of the linear coefficient
-    c = np.einsum("pi,pi->p", o_local, o_local)[:, None] - 1.0
-    disc = b * b - a * c
-    hit = disc > 0
-    root = np.sqrt(np.where(hit, disc, 0.0))
-    t_near = (-b - root) / a
-    t_far = (-b + root) / a
-    t = np.where(t_near > 1e-6, t_near, t_far)  # origin inside an ellipsoid: take the exit point
-    t = np.where(hit & (t > 1e-6), t, np.inf)
-    part = np.argmin(t, axis=0)
-    cols = np.arange(dirs.shape[0])
-    t_best = t[part, cols]
-    local = o_local[part] + t_best[:, None] * d_local[part, cols]
-    return t_best, part, local
+def _pixel_range(offset: float, radius: float, depth: float, focal: float, principal: float, size: int):
+    """Pixel indices [start, stop) whose centres can see a sphere, along one image axis.
+
+    The projection u = x / z of a sphere spans the tangent directions of its disc in the (x, z) plane:
+    angle(centre) +- asin(radius / distance). One pixel of margin keeps the bound conservative.
+    """
+    dist = np.hypot(offset, depth)
+    if radius >= dist:
+        return 0, size
+    theta, alpha = np.arctan2(offset, depth), np.arcsin(radius / dist)
+    lo, hi = theta - alpha, theta + alpha
+    start = 0 if lo <= -np.pi / 2 else int(np.floor(focal * np.tan(lo) + principal - 0.5)) - 1
+    stop = size if hi >= np.pi / 2 else int(np.ceil(focal * np.tan(hi) + principal - 0.5)) + 2
+    return max(start, 0), min(stop, size)
+
+
+def intersect(scene: Scene, cam2world: np.ndarray, intrinsics: np.ndarray, width: int, height: int):
+    """Nearest ray-ellipsoid hit per pixel: t [H, W] (inf where missed), part index [H, W], local point [H, W, 3].
+
+    Each ellipsoid is tested only against the pixels inside the screen box of its bounding sphere, so small
+    parts (eyes, nose) cost little.
+    """
+    origin, dirs = camera_rays(cam2world, intrinsics, width, height)
+    fx, fy = intrinsics[0, 0] * width, intrinsics[1, 1] * height
+    cx, cy = intrinsics[0, 2] * width, intrinsics[1, 2] * height
+    t_best = np.full((height, width), np.inf)
+    part_best = np.zeros((height, width), dtype=np.int64)
+    local_best = np.zeros((height, width, 3))
+    centers_cam = (scene.centers - origin) @ cam2world[:3, :3]  # R^T (c - o), rows
+    for p in range(scene.num_parts):
+        x, y, z = centers_cam[p]
+        bound = float(scene.radii[p].max())
+        c0, c1 = _pixel_range(x, bound, z, fx, cx, width)
+        r0, r1 = _pixel_range(y, bound, z, fy, cy, height)
+        if c0 >= c1 or r0 >= r1:
+            continue
+        inv_r = 1.0 / scene.radii[p]
+        o_local = ((origin - scene.centers[p]) @ scene.rotations[p]) * inv_r  # R^T (o - c) / r
+        d_local = (dirs[r0:r1, c0:c1] @ scene.rotations[p]) * inv_r
+        a = np.einsum("hwi,hwi->hw", d_local, d_local)
+        b = d_local @ o_local  # half of the linear coefficient
+        c = float(o_local @ o_local) - 1.0
+        disc = b * b - a * c
+        hit = disc > 0
+        root = np.sqrt(np.where(hit, disc, 0.0))
+        t = (-b - root) / a
+        t = np.where(t > 1e-6, t, (-b + root) / a)  # origin inside the ellipsoid: take the exit point
+        closer = hit & (t > 1e-6) & (t < t_best[r0:r1, c0:c1])
+        if not closer.any():
+            continue
+        np.copyto(t_best[r0:r1, c0:c1], t, where=closer)
+        np.copyto(part_best[r0:r1, c0:c1], p, where=closer)
+        np.copyto(local_best[r0:r1, c0:c1], o_local + t[..., None] * d_local, where=closer[..., None])
+    return t_best, part_best, local_best
 
 
 def _albedo(scene: Scene, p: int, local: np.ndarray) -> np.ndarray:
@@ -225,7 +260,8 @@ def _albedo(scene: Scene, p: int, local: np.ndarray) -> np.ndarray:
         w = 0.5 + 0.5 * np.sin(scene.tex_freq[p] * (local @ scene.tex_axis[p]) + scene.tex_phase[p])
         w = np.clip((w - 0.35) * 3.3, 0.0, 1.0)  # sharpen into bands
     elif kind == TEXTURE_SPOTS:
-        dist = np.linalg.norm(local[:, None, :] - scene.spots[p][None], axis=2).min(axis=1)
+        # |a - b|^2 = 2 - 2 a.b for points on the unit sphere
+        dist = np.sqrt(np.clip(2.0 - 2.0 * (local @ scene.spots[p].T).max(axis=1), 0.0, None))
         w = np.clip((scene.tex_freq[p] - dist) * 25.0, 0.0, 1.0)
     elif kind == TEXTURE_NOISE:
         waves = scene.waves[p]
@@ -243,26 +279,85 @@ def render(scene: Scene, cam2world: np.ndarray, intrinsics: np.ndarray, resoluti
     cam2world = np.asarray(cam2world, dtype=np.float64).reshape(4, 4)
     intrinsics = np.asarray(intrinsics, dtype=np.float64).reshape(3, 3)
     size = resolution * supersample
-    origin, dirs = camera_rays(cam2world, intrinsics, size, size)
-    t, part, local = intersect(scene, origin, dirs)
-    rgb = np.empty((dirs.shape[0], 3))
+    t, part, local = intersect(scene, cam2world, intrinsics, size, size)
+    rgb = np.empty((size * size, 3))
     rgb[:] = np.asarray(background, dtype=np.float64)
-    hit = np.isfinite(t)
-    for p in np.unique(part[hit]):
-        sel = hit & (part == p)
-        loc = local[sel]
-        normal = (loc * (1.0 / scene.radii[p])) @ scene.rotations[p].T  # gradient of the implicit surface
-        normal /= np.linalg.norm(normal, axis=1, keepdims=True)
-        lambert = np.clip(normal @ scene.light_dir, 0.0, None)
-        shade = scene.ambient + (1.0 - scene.ambient) * lambert
-        rgb[sel] = _albedo(scene, int(p), loc) * shade[:, None]
+    # Shade all hits at once, grouped by part (sorted) so each texture is evaluated on a contiguous slice.
+    pixels = np.flatnonzero(np.isfinite(t.ravel()))
+    parts = part.ravel()[pixels]
+    order = np.argsort(parts, kind="stable")
+    pixels, parts = pixels[order], parts[order]
+    loc = local.reshape(-1, 3)[pixels]
+    normal = np.einsum("mij,mj->mi", scene.rotations[parts], loc / scene.radii[parts])  # implicit-surface gradient
+    normal /= np.sqrt(np.einsum("mi,mi->m", normal, normal))[:, None]
+    shade = scene.ambient + (1.0 - scene.ambient) * np.clip(normal @ scene.light_dir, 0.0, None)
+    albedo = np.empty_like(loc)
+    bounds = np.searchsorted(parts, np.arange(scene.num_parts + 1))
+    for p in range(scene.num_parts):
+        if bounds[p] < bounds[p + 1]:
+            albedo[bounds[p]:bounds[p + 1]] = _albedo(scene, p, loc[bounds[p]:bounds[p + 1]])
+    rgb[pixels] = albedo * shade[:, None]
     img = rgb.reshape(resolution, supersample, resolution, supersample, 3).mean(axis=(1, 3))
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
 def coverage(scene: Scene, cam2world: np.ndarray, intrinsics: np.ndarray, resolution: int) -> float:
     """Share of pixel centres whose ray hits the object (a sanity number for tests and `info`)."""
-    origin, dirs = camera_rays(np.asarray(cam2world, float).reshape(4, 4), np.asarray(intrinsics, float).reshape(3, 3),
-                               resolution, resolution)
-    t, _, _ = intersect(scene, origin, dirs)
+    t, _, _ = intersect(scene, np.asarray(cam2world, float).reshape(4, 4), np.asarray(intrinsics, float).reshape(3, 3),
+                        resolution, resolution)
     return float(np.isfinite(t).mean())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Synthetic multi-view datasets (used by `dataset_tool.py synth`)
+
+# Camera rigs. ffhq: the FFHQ pose distribution of gsgan.md §9 (radius 2.7, focal 4.2647), which sees only
+# about +-0.32 around the origin, so heads are ~0.27 in size; orbit: ShapeNet-like full turn (radius 1.7, focal
+# 1.7074, about +-0.5 visible) with a pitch band of +-ORBIT_PITCH_HALF_RANGE around the equator.
+POSE_PRESETS = {"ffhq": {"object_size": 0.27}, "orbit": {"object_size": 0.42}}
+ORBIT_PITCH_HALF_RANGE = 0.35  # radians (about 20 degrees)
+
+
+def synth_labels(poses: str, count: int, seed: int) -> np.ndarray:
+    """float64 [count, 25] EG3D labels of random cameras looking at the origin, deterministic for a seed."""
+    import torch  # the renderer workers stay numpy-only; only the camera sampling needs torch
+
+    from splatting.cameras import eg3d_label
+    from training import camera_sampling as cs
+
+    if poses not in POSE_PRESETS:
+        raise ValueError(f"poses: expected one of {sorted(POSE_PRESETS)}, got {poses!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    if poses == "ffhq":
+        # The FFHQ augmentation with probability 1 *is* the FFHQ pose distribution (yaw Gaussian, pitch uniform).
+        base = eg3d_label(torch.eye(4, dtype=torch.float64).expand(count, 4, 4), cs.FFHQ_FOCAL)
+        labels = cs.ffhq_pose_augmentation(base, 1.0, generator=gen, radius=cs.FFHQ_RADIUS)
+    else:
+        cam2world = cs.sample_cam2world(count, np.pi, np.pi / 2, np.pi, ORBIT_PITCH_HALF_RANGE,
+                                        radius=cs.SHAPENET_RADIUS, distribution="uniform", generator=gen,
+                                        dtype=torch.float64)
+        labels = eg3d_label(cam2world, cs.SHAPENET_FOCAL)
+    return labels.numpy()
+
+
+@functools.lru_cache(maxsize=8)  # consecutive images show the same scene
+def scene_for(poses: str, seed: int, scene_index: int) -> Scene:
+    """Scene number `scene_index` of a synthetic dataset (independent of how many scenes or images there are)."""
+    rng = np.random.default_rng([int(seed), int(scene_index)])
+    return random_head_scene(rng, POSE_PRESETS[poses]["object_size"])
+
+
+def scene_assignment(count: int, num_scenes: int) -> np.ndarray:
+    """Scene index of each image: contiguous blocks, so images i, i+1, ... show one scene from several views."""
+    return (np.arange(count, dtype=np.int64) * num_scenes) // count
+
+
+def render_synth_image(job: tuple) -> np.ndarray:
+    """uint8 [R, R, 3] for job = (poses, seed, scene_index, label [25], resolution, supersample).
+
+    A module-level function of plain arguments so that multiprocessing workers can run it.
+    """
+    poses, seed, scene_index, label, resolution, supersample = job
+    label = np.asarray(label, dtype=np.float64)
+    return render(scene_for(poses, seed, scene_index), label[:16].reshape(4, 4), label[16:].reshape(3, 3),
+                  resolution, supersample=supersample)

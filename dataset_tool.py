@@ -1,0 +1,333 @@
+"""Build and inspect EG3D-format datasets (a .zip of PNGs plus dataset.json with 25-float camera labels).
+
+Examples:
+
+\b
+  # A synthetic multi-view dataset of procedural heads with FFHQ-like cameras (no download needed).
+  python dataset_tool.py synth --poses ffhq --count 2000 --resolution 64 --seed 0 --dest data/heads64.zip
+\b
+  # Images + cameras (EG3D dataset.json or a per-image JSON map) -> a dataset at 256x256.
+  python dataset_tool.py convert --source raw/ --cameras cams.json --dest data/mine256.zip --resolution 256
+\b
+  # Validate every image and label; look at a few images.
+  python dataset_tool.py info --source data/heads64.zip
+  python dataset_tool.py contact-sheet --source data/heads64.zip --dest sheet.png --count 16
+
+Outputs are written under a temporary name in the destination folder and renamed at the end, so a failure
+never leaves a partial file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import tempfile
+import zipfile
+
+import click
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from training.dataset import (LABELS_FILE, ArchiveReader, DatasetError, ImageFolderDataset, check_camera_geometry,
+                              check_label, decode_rgb, is_power_of_two, label_summary, parse_labels_json)
+from training import synthetic_scenes
+
+# ----------------------------------------------------------------------------------------------------------
+# Atomic output
+
+
+def check_dest(dest: str, overwrite: bool, suffix: str) -> None:
+    """Refuse before doing any work: wrong extension, or an existing file without --overwrite."""
+    if not dest.lower().endswith(suffix):
+        raise click.ClickException(f"--dest: expected a {suffix} path, got {dest}")
+    if os.path.isdir(dest):
+        raise click.ClickException(f"--dest: {dest} is a folder, expected a {suffix} file path")
+    if os.path.exists(dest) and not overwrite:
+        raise click.ClickException(f"--dest: {dest} already exists (pass --overwrite to replace it)")
+
+
+@contextlib.contextmanager
+def atomic_output(dest: str):
+    """Yields a temporary path next to `dest`; renamed onto `dest` on success, removed on any error."""
+    folder = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dest)}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the result the usual permissions
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same options give a byte-identical zip
+
+
+def _zip_write(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    zf.writestr(info, data)
+
+
+def image_name(index: int) -> str:
+    """EG3D-style member name: 1000 images per folder."""
+    return f"{index // 1000:05d}/img{index:08d}.png"
+
+
+def write_dataset_zip(dest: str, items, total: int, extra: dict | None = None, desc: str = "writing") -> None:
+    """Write (uint8 [R, R, 3], label [25]) items as an EG3D zip, atomically, with a progress bar."""
+    with atomic_output(dest) as tmp:
+        labels = []
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for index, (image, label) in enumerate(tqdm(items, total=total, desc=desc, unit="img", leave=False)):
+                name = image_name(index)
+                _zip_write(zf, name, encode_png(image))
+                labels.append([name, [float(v) for v in np.asarray(label).reshape(-1)]])
+            if not labels:
+                raise click.ClickException("no images to write: the source is empty")
+            doc = {"labels": labels, **(extra or {})}
+            _zip_write(zf, LABELS_FILE, json.dumps(doc).encode())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# convert
+
+
+def _matrix(value, shape: tuple[int, int], where: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise click.ClickException(f"{where}: expected {shape[0]}x{shape[1]} numbers, got {str(value)[:60]}") from None
+    if arr.shape not in (shape, (shape[0] * shape[1],)):
+        raise click.ClickException(f"{where}: expected a {shape[0]}x{shape[1]} matrix or {shape[0] * shape[1]} "
+                                   f"numbers, got shape {list(arr.shape)}")
+    if not np.isfinite(arr).all():
+        raise click.ClickException(f"{where}: has non-finite values (NaN or inf)")
+    return arr.reshape(-1)
+
+
+def read_cameras(data: bytes, where: str) -> list[tuple[str, np.ndarray]]:
+    """[(relative image name, label [25])] from an EG3D dataset.json or a per-image map
+    {"path.png": {"cam2world": 4x4 or 16, "intrinsics": 3x3 or 9 (normalized)}}."""
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise click.ClickException(f"{where}: not valid JSON ({exc})") from None
+    if isinstance(doc, dict) and "labels" in doc:
+        return parse_labels_json(data, where)
+    if not isinstance(doc, dict) or not doc:
+        raise click.ClickException(f'{where}: expected {{"labels": [...]}} (EG3D) or a non-empty map '
+                                   f'{{"image.png": {{"cam2world": ..., "intrinsics": ...}}}}')
+    entries = []
+    for name, cam in doc.items():
+        if not isinstance(cam, dict) or "cam2world" not in cam or "intrinsics" not in cam:
+            raise click.ClickException(f"{where}: '{name}': expected an object with 'cam2world' and 'intrinsics'")
+        label = np.concatenate([_matrix(cam["cam2world"], (4, 4), f"{where}: '{name}'.cam2world"),
+                                _matrix(cam["intrinsics"], (3, 3), f"{where}: '{name}'.intrinsics")])
+        entries.append((name.replace("\\", "/"), check_label(label.tolist(), f"{where}: '{name}'")))
+    return entries
+
+
+def crop_intrinsics(label: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The label after a centre crop of a width x height image to a square (normalized intrinsics change)."""
+    side = min(width, height)
+    ox, oy = (width - side) // 2, (height - side) // 2
+    out = label.copy()
+    k = label[16:].reshape(3, 3)
+    fx_px, cx_px, fy_px, cy_px = k[0, 0] * width, k[0, 2] * width, k[1, 1] * height, k[1, 2] * height
+    out[16], out[18] = fx_px / side, (cx_px - ox) / side
+    out[20], out[21] = fy_px / side, (cy_px - oy) / side
+    return out
+
+
+def centre_crop_resize(image: Image.Image, resolution: int) -> np.ndarray:
+    width, height = image.size
+    side = min(width, height)
+    ox, oy = (width - side) // 2, (height - side) // 2
+    image = image.crop((ox, oy, ox + side, oy + side))
+    if side != resolution:
+        image = image.resize((resolution, resolution), Image.LANCZOS)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _convert_items(archive: ArchiveReader, entries, resolution: int):
+    for name, label in entries:
+        where = f"{archive.path}/{name}"
+        if not archive.exists(name):
+            raise click.ClickException(f"{where}: listed in the cameras but missing from the source")
+        image = decode_rgb(archive.read(name), where)
+        yield centre_crop_resize(image, resolution), crop_intrinsics(label, *image.size)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI
+
+
+class _Group(click.Group):
+    """Turns DatasetError into a one-line click error (no traceback)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DatasetError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _check_resolution(ctx, param, value):
+    if value is not None and not is_power_of_two(value):
+        raise click.BadParameter(f"expected a power of two (e.g. 64, 128, 256), got {value}")
+    return value
+
+
+@click.group(cls=_Group)
+def cli():
+    """Build and inspect EG3D-format datasets."""
+
+
+@cli.command()
+@click.option("--source", required=True, metavar="DIR|ZIP", help="Folder or zip of images.")
+@click.option("--dest", required=True, metavar="ZIP", help="Output dataset (.zip).")
+@click.option("--resolution", required=True, type=click.IntRange(min=4), callback=_check_resolution,
+              help="Output resolution (square, power of two).")
+@click.option("--cameras", type=click.Path(exists=True, dir_okay=False), metavar="JSON",
+              help="Camera file (EG3D dataset.json or per-image map). Default: dataset.json inside --source.")
+@click.option("--overwrite", is_flag=True, help="Replace --dest if it exists.")
+def convert(source, dest, resolution, cameras, overwrite):
+    """Images + cameras -> dataset zip (centre crop to square, Lanczos resize, intrinsics adjusted)."""
+    check_dest(dest, overwrite, ".zip")
+    archive = ArchiveReader(source)
+    if cameras is not None:
+        with open(cameras, "rb") as f:
+            entries = read_cameras(f.read(), cameras)
+    elif archive.exists(LABELS_FILE):
+        entries = read_cameras(archive.read(LABELS_FILE), f"{source}/{LABELS_FILE}")
+    else:
+        raise click.ClickException(f"{source}/{LABELS_FILE}: missing (pass --cameras FILE or put an EG3D "
+                                   f"dataset.json in the source)")
+    if not entries:
+        raise click.ClickException(f"{cameras or source}: lists no images (empty source)")
+    labels = np.stack([label for _, label in entries])
+    check_camera_geometry(labels, [name for name, _ in entries], cameras or source)
+    if np.abs(labels[:, [18, 21]]).max() > 2.0:
+        raise click.ClickException(f"{cameras or source}: intrinsics look like pixel units (cx, cy up to "
+                                   f"{np.abs(labels[:, [18, 21]]).max():g}); expected normalized intrinsics "
+                                   f"(divide row 0 by the width and row 1 by the height)")
+    missing = [name for name, _ in entries if not archive.exists(name)]
+    if missing:
+        raise click.ClickException(f"{source}/{missing[0]}: listed in the cameras but missing from the source"
+                                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    skipped = len(set(archive.image_names()) - {name for name, _ in entries})
+    if skipped:
+        click.echo(f"note: {skipped} image(s) in the source have no camera and are skipped")
+    write_dataset_zip(dest, _convert_items(archive, entries, resolution), len(entries), desc="converting")
+    click.echo(f"wrote {dest}: {len(entries)} images at {resolution}x{resolution}")
+
+
+@cli.command()
+@click.option("--poses", type=click.Choice(sorted(synthetic_scenes.POSE_PRESETS)), default="ffhq", show_default=True,
+              help="ffhq: FFHQ-like frontal cameras; orbit: 360-degree ShapeNet-like cameras.")
+@click.option("--count", type=click.IntRange(min=1), default=2000, show_default=True, help="Number of images.")
+@click.option("--resolution", type=click.IntRange(min=4), default=64, show_default=True,
+              callback=_check_resolution, help="Image resolution (power of two).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--num-scenes", type=click.IntRange(min=1), default=None,
+              help="Distinct objects, each seen from count/num-scenes cameras. [default: count // 4]")
+@click.option("--supersample", type=click.IntRange(1, 4), default=2, show_default=True,
+              help="Rays per pixel along each axis (anti-aliasing).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Render processes. [default: min(2, CPUs); 1 for small counts]")
+@click.option("--dest", required=True, metavar="ZIP", help="Output dataset (.zip).")
+@click.option("--overwrite", is_flag=True, help="Replace --dest if it exists.")
+def synth(poses, count, resolution, seed, num_scenes, supersample, workers, dest, overwrite):
+    """Synthetic multi-view dataset of procedural heads, ray cast analytically (black background).
+
+    Image i shows scene i * num_scenes // count, so consecutive images are the same object from different
+    cameras. Identical options give identical bytes.
+    """
+    check_dest(dest, overwrite, ".zip")
+    num_scenes = max(1, count // 4) if num_scenes is None else num_scenes
+    if num_scenes > count:
+        raise click.ClickException(f"--num-scenes: expected at most --count ({count}), got {num_scenes}")
+    if workers is None:
+        workers = 1 if count < 200 else max(1, min(2, os.cpu_count() or 1))
+    labels = synthetic_scenes.synth_labels(poses, count, seed)
+    scene_ids = synthetic_scenes.scene_assignment(count, num_scenes)
+    jobs = [(poses, seed, int(s), labels[i], resolution, supersample) for i, s in enumerate(scene_ids)]
+    extra = {"synthetic": {"poses": poses, "seed": seed, "num_scenes": num_scenes, "supersample": supersample,
+                           "scene_ids": scene_ids.tolist()}}
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            images = pool.imap(synthetic_scenes.render_synth_image, jobs, chunksize=16)
+        else:
+            images = map(synthetic_scenes.render_synth_image, jobs)
+        write_dataset_zip(dest, zip(images, labels), count, extra=extra, desc="rendering")
+    click.echo(f"wrote {dest}: {count} images of {num_scenes} scenes at {resolution}x{resolution} ({poses} poses)")
+
+
+@cli.command()
+@click.option("--source", required=True, metavar="DIR|ZIP", help="Dataset to check.")
+def info(source):
+    """Validate every image and label of a dataset; print its size and label statistics."""
+    dataset = ImageFolderDataset(source)
+    object_share = []
+    for idx in tqdm(range(len(dataset)), desc="checking", unit="img", leave=False):
+        image, _ = dataset[idx]
+        object_share.append(float((image.max(axis=0) > 8).mean()))
+    click.echo(f"dataset:      {source}")
+    click.echo(f"images:       {len(dataset)}")
+    click.echo(f"resolution:   {dataset.resolution}x{dataset.resolution} RGB")
+    click.echo(f"fingerprint:  {dataset.fingerprint()[:16]}")
+    click.echo(f"non-dark px:  mean {np.mean(object_share):.3f} (share of pixels brighter than 8/255)")
+    for key, (lo, mean, hi) in label_summary(dataset.raw_labels).items():
+        click.echo(f"{key + ':':<25} min {lo:8.4f}  mean {mean:8.4f}  max {hi:8.4f}")
+
+
+cli.add_command(info, name="check")
+
+
+@cli.command("contact-sheet")
+@click.option("--source", required=True, metavar="DIR|ZIP", help="Dataset to show.")
+@click.option("--dest", required=True, metavar="PNG", help="Output image (.png).")
+@click.option("--count", type=click.IntRange(min=1), default=16, show_default=True, help="Images to show.")
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First image index.")
+@click.option("--overwrite", is_flag=True, help="Replace --dest if it exists.")
+def contact_sheet(source, dest, count, start, overwrite):
+    """A grid of dataset images (upscaled to at least 128 px each) for a quick look."""
+    check_dest(dest, overwrite, ".png")
+    dataset = ImageFolderDataset(source)
+    indices = list(range(start, min(start + count, len(dataset))))
+    if not indices:
+        raise click.ClickException(f"--start: {start} is past the end of the dataset ({len(dataset)} images)")
+    zoom = max(1, 128 // dataset.resolution)
+    tile = dataset.resolution * zoom
+    cols = math.ceil(math.sqrt(len(indices)))
+    rows = math.ceil(len(indices) / cols)
+    sheet = np.zeros((rows * tile, cols * tile, 3), dtype=np.uint8)
+    for k, idx in enumerate(indices):
+        image = dataset[idx][0].transpose(1, 2, 0).repeat(zoom, axis=0).repeat(zoom, axis=1)
+        r, c = divmod(k, cols)
+        sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = image
+    with atomic_output(dest) as tmp:
+        Image.fromarray(sheet).save(tmp, format="PNG")
+    click.echo(f"wrote {dest}: {len(indices)} images ({rows}x{cols})")
+
+
+if __name__ == "__main__":
+    cli()  # pylint: disable=no-value-for-parameter
