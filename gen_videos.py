@@ -1,0 +1,246 @@
+"""Videos, still images and splat .ply files from a trained gsgan snapshot; `view` opens a .ply in the browser.
+
+    python gen_videos.py --network SNAPSHOT --seeds 0-3 --grid 2x2 --trunc 0.7 --outdir out/
+    python gen_videos.py view out/seed0000.ply
+
+Writes into --outdir: seedAAAA-BBBB.mp4 (the grid video; -depth / -alpha suffix for other --image_mode values),
+seedNNNN.ply per seed (--ply, default on) and seedNNNN.png per seed (--images). See training/video_utils.py for
+the keyframe layout and training/media_export.py for the .ply frame.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import click
+
+from training.video_utils import CAMERA_PRESETS, IMAGE_MODES, TRAJECTORIES, parse_grid, parse_int_list
+
+
+class IntList(click.ParamType):
+    """'0-3,7' -> [0, 1, 2, 3, 7] (inclusive ranges)."""
+
+    name = "list"
+
+    def __init__(self, what: str = "integer", maximum: int | None = None):
+        self.what, self.maximum = what, maximum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            values = parse_int_list(value, self.what)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+        if self.maximum is not None and max(values) > self.maximum:
+            self.fail(f"{max(values)} is too large: a {self.what} must be at most {self.maximum}", param, ctx)
+        return values
+
+
+class Grid(click.ParamType):
+    name = "COLSxROWS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_grid(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+class DefaultGroup(click.Group):
+    """A group whose first command runs when the command line names none (`gen_videos.py --network ...`)."""
+
+    def parse_args(self, ctx, args):
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["videos", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultGroup)
+def cli():
+    """Render gsgan generators: `videos` (the default command) and `view` (interactive .ply viewer).
+
+    \b
+    python gen_videos.py --network SNAPSHOT --seeds 0-3 --grid 2x2 --trunc 0.7 --outdir out/
+    python gen_videos.py view out/seed0000.ply
+    """
+
+
+def _writable_outdir(outdir: str, create: bool = True) -> str:
+    if not create:  # --dry-run: only refuse what certainly cannot work
+        if os.path.exists(outdir) and not os.path.isdir(outdir):
+            raise click.BadParameter(f"{outdir!r} exists and is not a directory", param_hint="'--outdir'")
+        return outdir
+    try:
+        os.makedirs(outdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=outdir):
+            pass
+    except OSError as error:
+        raise click.BadParameter(f"{outdir!r} is not a writable directory ({error.strerror or error})",
+                                 param_hint="'--outdir'") from None
+    return outdir
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("cuda requested but torch sees no CUDA device", param_hint="'--device'")
+    return torch.device(name)
+
+
+def _gs_params(G, res_visualize, point_index, num_init_near_point, visualize_anchor, opacity_ones, rendering_scale,
+               disable_background, camera_cond):
+    """GSParams for G, every value checked against G here so a bad flag fails before any rendering."""
+    from training.generator import GSParams
+
+    counts = G.gaussian_counts()
+    levels = counts["anchor_levels"] if visualize_anchor else counts["levels"]
+    what = "anchor levels (--visualize_anchor)" if visualize_anchor else "levels"
+    if res_visualize and max(res_visualize) >= len(levels):
+        raise click.BadParameter(f"level {max(res_visualize)} out of range: this generator has {len(levels)} "
+                                 f"{what}, 0-{len(levels) - 1}", param_hint="'--res_visualize'")
+    if point_index and max(point_index) >= counts["levels"][0]:
+        raise click.BadParameter(f"{max(point_index)} out of range: this generator has {counts['levels'][0]} "
+                                 f"initial points", param_hint="'--point_index'")
+    if num_init_near_point is not None:
+        if not point_index or len(point_index) != 1:
+            raise click.BadParameter("needs exactly one --point_index (the centre point)",
+                                     param_hint="'--num_init_near_point'")
+        if not 1 <= num_init_near_point <= counts["levels"][0]:
+            raise click.BadParameter(f"expected 1..{counts['levels'][0]} (the number of initial points), got "
+                                     f"{num_init_near_point}", param_hint="'--num_init_near_point'")
+    return GSParams(res_visualize=tuple(res_visualize) if res_visualize else None,
+                    point_index=tuple(point_index) if point_index else None,
+                    num_init_near_point=num_init_near_point, visualize_anchor=visualize_anchor,
+                    opacity_ones=opacity_ones, rendering_scale=rendering_scale,
+                    disable_background=disable_background, camera_cond=camera_cond)
+
+
+@cli.command("videos")
+@click.option("--network", "-n", "network", required=True, metavar="PATH",
+              help="snapshot file (network-snapshot-*.pt) or a run directory (its latest snapshot)")
+@click.option("--seeds", type=IntList("seed", maximum=2**32 - 1), default="0-3", show_default=True,
+              help="e.g. 0-3,7")
+@click.option("--grid", type=Grid(), default="1x1", show_default=True,
+              help="COLSxROWS; len(seeds) must be a multiple of COLS*ROWS (the extra seeds become keyframes)")
+@click.option("--trunc", "truncation_psi", type=float, default=1.0, show_default=True, help="truncation psi")
+@click.option("--trunc-cutoff", "truncation_cutoff", type=click.IntRange(min=0), default=None,
+              help="truncate only the first N ws [default: G's own (all; 14 for compat models)]")
+@click.option("--outdir", required=True, type=click.Path(file_okay=False), help="where to write the results")
+@click.option("--frames", "num_frames", type=click.IntRange(min=1), default=240, show_default=True,
+              help="frames of the whole loop")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=60, show_default=True)
+@click.option("--bitrate", default="10M", show_default=True, help="H.264 bitrate")
+@click.option("--cameras", "camera_preset", type=click.Choice(sorted(CAMERA_PRESETS)), default=None,
+              help="camera radius / pivot / focal preset [default: from the snapshot's --cfg, else ffhq]")
+@click.option("--trajectory", type=click.Choice(TRAJECTORIES), default=None,
+              help="ffhq: EG3D's yaw/pitch wobble; orbit: full 360 degrees [default: orbit for shapenet, else ffhq]")
+@click.option("--image_mode", "--image-mode", "image_mode", type=click.Choice(IMAGE_MODES), default="image",
+              show_default=True, help="colour, negated normalized depth, or coverage")
+@click.option("--nrr", type=click.IntRange(min=1), default=None,
+              help="render resolution [default: the generator's]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--video/--no-video", default=True, show_default=True, help="write the grid video")
+@click.option("--ply/--no-ply", default=True, show_default=True, help="write seedNNNN.ply (frontal-view Gaussians)")
+@click.option("--ply-frame", type=click.Choice(["opencv", "eg3d"]), default="opencv", show_default=True,
+              help="opencv: y down, upright in common splat viewers; eg3d: the generator's y-up world")
+@click.option("--images/--no-images", default=False, show_default=True,
+              help="write seedNNNN.png: colour at 5 yaws (-0.5..0.5 rad) above their depth")
+@click.option("--res_visualize", "--res-visualize", "res_visualize", type=IntList("level"), default=None,
+              help="render only these foreground levels, e.g. 0,1")
+@click.option("--point_index", "--point-index", "point_index", type=IntList("point index"), default=None,
+              help="render only the descendants of these initial points")
+@click.option("--num_init_near_point", "--num-init-near-point", "num_init_near_point",
+              type=click.IntRange(min=1), default=None,
+              help="with one --point_index: use its K nearest initial points instead")
+@click.option("--visualize_anchor", "--visualize-anchor", "visualize_anchor", is_flag=True,
+              help="render the anchors (opaque) instead of the Gaussians")
+@click.option("--opacity_ones", "--opacity-ones", "opacity_ones", is_flag=True, help="foreground fully opaque")
+@click.option("--rendering_scale", "--rendering-scale", "rendering_scale", type=float, default=0.0,
+              show_default=True, help="added to the foreground log-scales")
+@click.option("--disable_background", "--disable-background", "disable_background", is_flag=True,
+              help="no background Gaussians (also not in the .ply)")
+@click.option("--camera_cond", "--camera-cond", "camera_cond", is_flag=True,
+              help="fixed colour view direction (0, 0, -1): colours do not change with the camera")
+@click.option("--dry-run", is_flag=True, help="check the options and the snapshot, list the outputs, render nothing")
+def videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_frames, fps, bitrate, camera_preset,
+           trajectory, image_mode, nrr, device, video, ply, ply_frame, images, dry_run, **gs_flags):
+    """Orbit video of a grid of seeds (default command), plus a .ply per seed and optional still images."""
+    from torch_utils.checkpoint import SnapshotError, load_snapshot, resolve_snapshot
+    from training import media_export, video_utils as vu
+
+    cols, rows = grid
+    try:
+        vu.keyframes_per_cell(len(seeds), cols, rows)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--grid' / '--seeds'") from None
+    outdir = _writable_outdir(outdir, create=not dry_run)
+    device = _device(device)
+
+    try:
+        path = resolve_snapshot(network)
+        click.echo(f'Loading networks from "{path}"...')
+        snapshot = load_snapshot(path, device="cpu")
+    except SnapshotError as error:
+        raise click.ClickException(str(error)) from None
+    G = snapshot["G_ema"].to(device)
+    gs_params = _gs_params(G, **gs_flags)
+    camera_preset = camera_preset or vu.preset_for_snapshot(snapshot)
+    preset = CAMERA_PRESETS[camera_preset]
+    trajectory = trajectory or preset.trajectory
+    compat = bool(getattr(G, "compat", False))
+    if dry_run:
+        cells = cols * rows
+        click.echo(f"device {device}, cameras {camera_preset}, trajectory "
+                   f"{trajectory}, {len(seeds)} seed(s) on a {cols}x{rows} grid ({len(seeds) // cells} keyframe(s) "
+                   f"per cell), render resolution {nrr or G.neural_rendering_resolution}")
+        if video:
+            click.echo(f"would write {os.path.join(outdir, vu.video_filename(seeds, image_mode))} "
+                       f"({num_frames} frames at {fps:g} fps)")
+        for kind, on in (("ply", ply), ("png", images)):
+            if on:
+                click.echo(f"would write {len(seeds)} seedNNNN.{kind} file(s) in {outdir}")
+        return
+
+    try:
+        ws = vu.compute_ws(G, seeds, preset, truncation_psi, truncation_cutoff, device=device)
+        if video:
+            target = os.path.join(outdir, vu.video_filename(seeds, image_mode))
+            labels = vu.trajectory_labels(trajectory, num_frames, preset, compat=compat)
+            vu.render_video(G, vu.cell_keyframes(ws, cols, rows), labels, target, cols, rows, image_mode=image_mode,
+                            resolution=nrr, gs_params=gs_params, fps=fps, bitrate=bitrate)
+            click.echo(f"wrote {target} ({num_frames} frames, {trajectory} trajectory)")
+        if ply:
+            paths = [os.path.join(outdir, f"seed{seed:04d}.ply") for seed in seeds]
+            media_export.export_plys(G, ws, paths, preset, frame=ply_frame, gs_params=gs_params)
+            click.echo(f"wrote {len(paths)} .ply file(s) ({ply_frame} frame), e.g. {paths[0]}")
+        if images:
+            for seed, w in zip(seeds, ws):
+                target = os.path.join(outdir, f"seed{seed:04d}.png")
+                media_export.save_png(target, media_export.render_still(G, w, preset, resolution=nrr,
+                                                                        gs_params=gs_params))
+            click.echo(f"wrote {len(seeds)} still image(s) seedNNNN.png")
+    except (ValueError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+@cli.command("view")
+@click.argument("ply", type=click.Path(exists=True, dir_okay=False))
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port")
+@click.option("--frame", type=click.Choice(["opencv", "eg3d"]), default="opencv", show_default=True,
+              help="world frame of the file: opencv (y down; what gen_videos exports) or eg3d (y up)")
+@click.option("--browser/--no-browser", default=True, show_default=True, help="open the page in the default browser")
+def view(ply, port, frame, browser):
+    """Serve an interactive WebGL view of a splat .ply on 127.0.0.1."""
+    from viewer.server import serve
+
+    raise SystemExit(serve(ply, port=port, frame=frame, open_browser=browser))
+
+
+if __name__ == "__main__":
+    cli()

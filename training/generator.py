@@ -1,0 +1,185 @@
+"""GSGAN generator: mapping -> hierarchical foreground + background Gaussians -> one batched splatting.render call."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from splatting.gaussians import Gaussians
+from training.background import BackgroundGenerator
+from training.mapping import MappingNetwork
+from training.point_generator import PointGenerator
+
+# Opacity logit used by gs_params.opacity_ones. The official code sets the *logit* to 1 (opacity 0.73); the clean
+# mode means what the name says: opacity 0.999 (the rasterizer caps alpha at 0.99 anyway).
+OPACITY_ONES_LOGIT_COMPAT = 1.0
+OPACITY_ONES_LOGIT_CLEAN = math.log(0.999 / 0.001)
+COMPAT_TRUNCATION_CUTOFF = 14  # EG3D leftover used by the official scripts (§13 item 8)
+
+
+@dataclass(frozen=True)
+class GSParams:
+    """Visualization controls for GSGenerator.synthesis (§12 gs_params).
+
+    res_visualize: foreground levels to keep (None = all). point_index: keep only the descendants of these
+    initial points (level l: indices [i * r^l, (i + 1) * r^l)). num_init_near_point: replace the single
+    point_index by its k nearest initial points (raw _xyz, itself included). visualize_anchor: render the anchors
+    (with opacity_ones) instead of the rendered Gaussians. opacity_ones, rendering_scale (added to log-scales)
+    and the anchor switch act on the foreground only. camera_cond: colour direction fixed to (0, 0, -1).
+    """
+
+    res_visualize: tuple[int, ...] | None = None
+    point_index: tuple[int, ...] | None = None
+    num_init_near_point: int | None = None
+    visualize_anchor: bool = False
+    opacity_ones: bool = False
+    rendering_scale: float = 0.0
+    disable_background: bool = False
+    camera_cond: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("res_visualize", "point_index"):
+            value = getattr(self, name)
+            if value is not None:
+                value = (value,) if isinstance(value, int) else tuple(int(v) for v in value)
+                if any(v < 0 for v in value):
+                    raise ValueError(f"GSParams.{name}: expected non-negative integers, got {value}")
+                object.__setattr__(self, name, value)
+        if self.num_init_near_point is not None:
+            if self.point_index is None or len(self.point_index) != 1 or self.num_init_near_point < 1:
+                raise ValueError("GSParams.num_init_near_point: needs k >= 1 and exactly one point_index, got "
+                                 f"k={self.num_init_near_point}, point_index={self.point_index}")
+
+
+class GSGenerator(nn.Module):
+    """z [B, z_dim], c [B, 25] -> image [B, 3, H, W] in [-1, 1] rendered from Gaussians (see docs/interfaces.md)."""
+
+    def __init__(self, img_resolution: int = 256, z_dim: int = 512, w_dim: int = 512, c_dim: int = 25,
+                 num_points: int = 256, res_end: int = 128, up_ratio: int = 4, channel_base: int = 8192,
+                 channel_min: int = 128, channel_max: int = 512, num_heads: int = 8, num_transformer_layers: int = 6,
+                 knn_k: int = 16, start_pe: bool = True, xyz_output_scale: float = 0.1, opacity_init: float = 0.1,
+                 scale_clamp_min: float = -8.0, view_dim: int = 32, const_pe_length: int = 512,
+                 ada_max_points_factor: int = 16, bg_num_points: int = 2000, bg_radius: float = 3.0,
+                 bg_channels: int = 128, bg_up_ratio: int = 4, bg_scale_init: float = -2.0,
+                 bg_percent_dense: float = 0.05, bg_split_ratio: float = 2.0 ** (2.0 / 3.0),
+                 bg_scale_clamp_min: float = -10.0, near_plane: float = 0.2, compat: bool = False,
+                 c_scale: float = 1.0, gen_pose_cond: bool = True, map_depth: int = 2,
+                 map_lr_multiplier: float = 0.01, w_avg_beta: float = 0.998,
+                 neural_rendering_resolution: int | None = None, rendering_backend: str = "auto"):
+        self_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        super().__init__()
+        self.init_kwargs = self_kwargs
+        self.img_resolution, self.z_dim, self.w_dim, self.c_dim = img_resolution, z_dim, w_dim, c_dim
+        self.compat = compat
+        self.near_plane = near_plane
+        self.neural_rendering_resolution = neural_rendering_resolution or img_resolution
+        self.rendering_backend = rendering_backend
+        self.points = PointGenerator(
+            w_dim=w_dim, num_points=num_points, res_end=res_end, img_resolution=img_resolution, up_ratio=up_ratio,
+            channel_base=channel_base, channel_min=channel_min, channel_max=channel_max, num_heads=num_heads,
+            num_transformer_layers=num_transformer_layers, knn_k=knn_k, start_pe=start_pe, compat=compat,
+            xyz_output_scale=xyz_output_scale, opacity_init=opacity_init, scale_clamp_min=scale_clamp_min,
+            view_dim=view_dim, const_pe_length=const_pe_length, ada_max_points_factor=ada_max_points_factor)
+        self.background = BackgroundGenerator(
+            w_dim=w_dim, num_points=bg_num_points, radius=bg_radius, channels=bg_channels, up_ratio=bg_up_ratio,
+            scale_init=bg_scale_init, opacity_init=opacity_init, percent_dense=bg_percent_dense,
+            split_ratio=bg_split_ratio, scale_clamp_min=bg_scale_clamp_min)
+        self.num_ws = self.points.num_ws + 1  # the last w drives the background
+        self.mapping_network = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, num_layers=map_depth,
+                                              lr_multiplier=map_lr_multiplier, c_scale=c_scale,
+                                              w_avg_beta=w_avg_beta, pose_cond=gen_pose_cond)
+
+    # ----------------------------------------------------------------------------------------------
+    def gaussian_counts(self) -> dict:
+        """Gaussians per sample, from the configuration alone (no forward pass)."""
+        levels, anchor_levels = list(self.points.level_counts), list(self.points.anchor_counts)
+        background = self.background.num_gaussians
+        return {"levels": levels, "foreground": sum(levels), "anchor_levels": anchor_levels,
+                "anchors": sum(anchor_levels), "background": background, "total": sum(levels) + background}
+
+    def mapping(self, z: Tensor, c: Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+                update_emas: bool = False) -> Tensor:
+        """-> ws [B, num_ws, w_dim]. truncation_cutoff=None means all ws (clean) or the first 14 (compat)."""
+        if truncation_cutoff is None and self.compat:
+            truncation_cutoff = COMPAT_TRUNCATION_CUTOFF
+        return self.mapping_network(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                                    update_emas=update_emas)
+
+    def synthesis(self, ws: Tensor, c: Tensor, neural_rendering_resolution: int | None = None,
+                  gs_params: GSParams | None = None, background: bool = True) -> dict:
+        """ws [B, num_ws, w_dim], c [B, 25] rendering camera -> dict(image, image_depth, image_alpha, gaussians,
+        anchors). background=False (or gs_params.disable_background) leaves the background generator unused."""
+        from splatting import Cameras, render  # the rasterizer is only needed here
+
+        if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
+            raise ValueError(f"GSGenerator.synthesis: ws must be [B, {self.num_ws}, {self.w_dim}], "
+                             f"got {list(ws.shape)}")
+        if c.ndim != 2 or c.shape != (ws.shape[0], 25):
+            raise ValueError(f"GSGenerator.synthesis: c must be [B, 25] EG3D labels with B = {ws.shape[0]}, "
+                             f"got {list(c.shape)}")
+        gp = gs_params or GSParams()
+        res = neural_rendering_resolution or self.neural_rendering_resolution
+        cameras = Cameras.from_eg3d_labels(c.to(ws.dtype), res, res, near=self.near_plane, compat=self.compat)
+        view_dir = cameras.forward[:, 0]
+        if gp.camera_cond:
+            view_dir = view_dir.new_tensor([0.0, 0.0, -1.0]).expand_as(view_dir)
+        levels, anchors = self.points(ws[:, :self.points.num_ws], view_dir)
+        parts = [self._select_foreground(levels, anchors, gp)]
+        if background and not gp.disable_background:
+            parts.append(self.background(ws[:, -1]))
+        gaussians = Gaussians.cat(parts)
+        out = render(gaussians, cameras, background=None, backend=self.rendering_backend)
+        color, depth, alpha = out.color[:, 0], out.depth[:, 0], out.alpha[:, 0]
+        if self.compat:  # official depth: sum of w * z (not alpha-normalized), empty pixels set to the image's max
+            depth = depth * alpha
+            max_depth = depth.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+            depth = torch.where(depth == 0, max_depth, depth)
+        return {"image": color * 2 - 1, "image_depth": depth, "image_alpha": alpha, "gaussians": gaussians,
+                "anchors": anchors}
+
+    def forward(self, z: Tensor, c: Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+                update_emas: bool = False, **synthesis_kwargs) -> dict:
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                          update_emas=update_emas)
+        return self.synthesis(ws, c, **synthesis_kwargs)
+
+    # ----------------------------------------------------------------------------------------------
+    def _select_foreground(self, levels: list[Gaussians], anchors: list[Gaussians], gp: GSParams) -> Gaussians:
+        source = anchors if gp.visualize_anchor else levels
+        name = "anchor levels" if gp.visualize_anchor else "levels"
+        keep = gp.res_visualize if gp.res_visualize is not None else tuple(range(len(source)))
+        if any(level >= len(source) for level in keep):
+            raise ValueError(f"GSParams.res_visualize: {keep} out of range; this generator has {len(source)} {name}")
+        point_index = self._resolve_point_index(gp)
+        parts = []
+        for level in keep:
+            g = source[level]
+            if point_index is not None:
+                r = self.points.up_ratio ** level
+                idx = (point_index.view(-1, 1) * r + torch.arange(r, device=g.device)).flatten()
+                g = g.select(idx)
+            parts.append(g)
+        fg = Gaussians.cat(parts)
+        if gp.opacity_ones or gp.visualize_anchor:
+            value = OPACITY_ONES_LOGIT_COMPAT if self.compat else OPACITY_ONES_LOGIT_CLEAN
+            fg = dataclasses.replace(fg, opacity_logits=torch.full_like(fg.opacity_logits, value))
+        if gp.rendering_scale != 0:
+            fg = dataclasses.replace(fg, log_scales=fg.log_scales + gp.rendering_scale)
+        return fg
+
+    def _resolve_point_index(self, gp: GSParams) -> Tensor | None:
+        if gp.point_index is None:
+            return None
+        xyz = self.points._xyz.detach()
+        p0 = xyz.shape[0]
+        if any(i >= p0 for i in gp.point_index):
+            raise ValueError(f"GSParams.point_index: {gp.point_index} out of range for {p0} initial points")
+        if gp.num_init_near_point is None:
+            return torch.tensor(gp.point_index, device=xyz.device)
+        if gp.num_init_near_point > p0:
+            raise ValueError(f"GSParams.num_init_near_point: {gp.num_init_near_point} > {p0} initial points")
+        dist = (xyz - xyz[gp.point_index[0]]).square().sum(-1)
+        return dist.topk(gp.num_init_near_point, largest=False).indices

@@ -1,0 +1,324 @@
+"""Orbit videos of a generator: camera presets, seeds -> ws, keyframe interpolation of w, grid tiling, atomic mp4.
+
+Layout (as in EG3D's gen_videos): the seeds fill a grid of `cols` x `rows` cells, row-major, and each cell gets
+K = len(seeds) / cells consecutive seeds as keyframes. Over the T frames of the video each cell's w moves
+through its K keyframes along a cubic spline (the keyframes are tiled `wraps` times on both sides so the loop
+closes almost smoothly); with K = 1 w is constant. All cells of one frame are rendered in one generator call.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from splatting.cameras import eg3d_label
+from training import camera_sampling as cs
+
+IMAGE_MODES = ("image", "image_depth", "image_alpha")
+TRAJECTORIES = ("ffhq", "orbit")
+EMPTY_ALPHA = 1e-3  # pixels with less coverage have no depth; they are drawn as "far"
+
+
+@dataclass(frozen=True)
+class CameraPreset:
+    """Where the video cameras sit: distance from the world origin, look-at point, normalized focal length."""
+
+    radius: float
+    lookat: tuple[float, float, float]
+    focal: float
+    trajectory: str  # default trajectory for this kind of data
+
+
+# gsgan.md §11/§12. "shapes" (synthetic data) uses the FFHQ rig unless told otherwise.
+CAMERA_PRESETS = {
+    "ffhq": CameraPreset(cs.FFHQ_RADIUS, cs.FFHQ_PIVOT, cs.FFHQ_FOCAL, "ffhq"),
+    "afhq": CameraPreset(cs.FFHQ_RADIUS, cs.AFHQ_PIVOT, cs.FFHQ_FOCAL, "ffhq"),
+    "shapenet": CameraPreset(cs.SHAPENET_RADIUS, cs.SHAPENET_PIVOT, cs.SHAPENET_FOCAL, "orbit"),
+}
+CFG_PRESETS = {"ffhq": "ffhq", "afhq": "afhq", "shapenet": "shapenet", "shapes": "ffhq"}
+
+
+def preset_for_snapshot(snapshot: dict) -> str:
+    """Camera preset name from the snapshot's training options (cfg); ffhq when unknown."""
+    options = snapshot.get("options")
+    cfg = options.get("cfg") if isinstance(options, dict) else None
+    return CFG_PRESETS.get(cfg, "ffhq")
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing command-line lists.
+def parse_int_list(text: str, what: str = "value") -> list[int]:
+    """'0-3,7' -> [0, 1, 2, 3, 7]. Ranges are inclusive; raises ValueError naming `what`."""
+    values: list[int] = []
+    parts = [p.strip() for p in str(text).split(",")]
+    if not text or any(not p for p in parts):
+        raise ValueError(f"expected a comma-separated list of {what}s or ranges like 0-3,7, got {text!r}")
+    for part in parts:
+        lo, sep, hi = part.partition("-")
+        try:
+            start = int(lo)
+            stop = int(hi) if sep else start
+        except ValueError:
+            raise ValueError(f"{part!r} is not a {what} or a range a-b of non-negative integers (in {text!r})") \
+                from None
+        if stop < start:
+            raise ValueError(f"range {part!r} is empty (end < start)")
+        values.extend(range(start, stop + 1))
+    return values
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """'3x2' -> (cols, rows) = (3, 2)."""
+    cols, sep, rows = str(text).lower().partition("x")
+    try:
+        cols_i, rows_i = int(cols), int(rows)
+    except ValueError:
+        cols_i = rows_i = 0
+    if not sep or cols_i < 1 or rows_i < 1:
+        raise ValueError(f"expected COLSxROWS with positive integers, e.g. 2x2, got {text!r}")
+    return cols_i, rows_i
+
+
+def keyframes_per_cell(num_seeds: int, cols: int, rows: int) -> int:
+    cells = cols * rows
+    if num_seeds % cells != 0:
+        raise ValueError(f"{num_seeds} seed(s) do not fill a {cols}x{rows} grid: the number of seeds must be a "
+                         f"multiple of {cells} (each cell shows len(seeds) / {cells} keyframes)")
+    return num_seeds // cells
+
+
+# --------------------------------------------------------------------------------------------------
+# Latents and cameras.
+def seed_latents(seeds: list[int], z_dim: int) -> Tensor:
+    """[S, z_dim] float32: z = RandomState(seed).randn(z_dim), the StyleGAN/EG3D convention."""
+    return torch.from_numpy(np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds])).float()
+
+
+def conditioning_label(preset: CameraPreset, compat: bool = False) -> Tensor:
+    """[25] frontal camera looking at the preset's pivot: the camera ws are conditioned on (gsgan.md §12)."""
+    return cs.frontal_label(radius=preset.radius, lookat=preset.lookat, focal=preset.focal, compat=compat)
+
+
+@torch.no_grad()
+def compute_ws(G, seeds: list[int], preset: CameraPreset, truncation_psi: float = 1.0,
+               truncation_cutoff: int | None = None, device="cpu", batch: int = 32) -> Tensor:
+    """[S, num_ws, w_dim] ws of the seeds, each from the frontal conditioning camera."""
+    z = seed_latents(seeds, G.z_dim).to(device)
+    c = conditioning_label(preset, compat=getattr(G, "compat", False)).to(device)
+    chunks = [G.mapping(zb, c.expand(zb.shape[0], -1), truncation_psi=truncation_psi,
+                        truncation_cutoff=truncation_cutoff) for zb in z.split(batch)]
+    return torch.cat(chunks)
+
+
+def trajectory_labels(trajectory: str, num_frames: int, preset: CameraPreset, compat: bool = False) -> Tensor:
+    """[T, 25] labels of the video loop: 'ffhq' = EG3D's yaw/pitch wobble, 'orbit' = a full 360-degree turn."""
+    if trajectory == "ffhq":
+        return cs.video_trajectory_label(torch.arange(num_frames), num_frames, radius=preset.radius,
+                                         lookat=preset.lookat, focal=preset.focal, compat=compat)
+    if trajectory == "orbit":
+        return cs.orbit_labels(num_frames, radius=preset.radius, lookat=preset.lookat, focal=preset.focal)
+    raise ValueError(f"trajectory: expected one of {TRAJECTORIES}, got {trajectory!r}")
+
+
+def yaw_sweep_labels(yaws, preset: CameraPreset) -> Tensor:
+    """[V, 25] cameras at horizontal offsets `yaws` (radians) from the frontal view, level with the pivot."""
+    yaw = math.pi / 2 + torch.as_tensor(yaws, dtype=torch.float32)
+    cam2world = cs.orbit_cam2world(yaw, torch.full_like(yaw, math.pi / 2), radius=preset.radius,
+                                   lookat=preset.lookat)
+    return eg3d_label(cam2world, preset.focal)
+
+
+# --------------------------------------------------------------------------------------------------
+# Keyframes.
+def cell_keyframes(ws: Tensor, cols: int, rows: int) -> Tensor:
+    """[S, ...] -> [cells, K, ...]: cell i (row-major) holds seeds i*K .. i*K + K - 1."""
+    k = keyframes_per_cell(ws.shape[0], cols, rows)
+    return ws.reshape(cols * rows, k, *ws.shape[1:])
+
+
+class KeyframeInterpolator:
+    """w of every cell at a fractional keyframe position p in [0, K): a cubic spline through the keyframes.
+
+    The keyframe sequence is repeated `wraps` times on each side (EG3D's trick) so the curve near p = 0 and
+    p = K is almost periodic. With one keyframe the result is exactly that keyframe.
+    """
+
+    def __init__(self, keyframes: Tensor, wraps: int = 2):
+        from scipy.interpolate import CubicSpline
+
+        self.device, self.dtype = keyframes.device, keyframes.dtype
+        self.num_keyframes = keyframes.shape[1]
+        self._constant = keyframes[:, 0] if self.num_keyframes == 1 else None
+        if self._constant is None:
+            k = self.num_keyframes
+            y = np.tile(keyframes.detach().cpu().double().numpy(), (1, 2 * wraps + 1) + (1,) * (keyframes.ndim - 2))
+            x = np.arange(-k * wraps, k * (wraps + 1), dtype=np.float64)
+            self._spline = CubicSpline(x, y, axis=1)
+
+    def __call__(self, position: float) -> Tensor:
+        if self._constant is not None:
+            return self._constant
+        value = self._spline(float(position))
+        return torch.from_numpy(value).to(device=self.device, dtype=self.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pixels.
+def to_uint8(images: Tensor) -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] (C = 1 or 3) -> uint8 [N, H, W, 3] with round(x * 127.5 + 127.5), clamped."""
+    images = images.detach().float()
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    pixels = (images * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def tile_grid(cells: np.ndarray, cols: int, rows: int) -> np.ndarray:
+    """[cols*rows, H, W, C] -> [rows*H, cols*W, C], cell i at row i // cols, column i % cols."""
+    n, h, w, c = cells.shape
+    if n != cols * rows:
+        raise ValueError(f"tile_grid: {n} cells do not fill a {cols}x{rows} grid")
+    return np.ascontiguousarray(cells.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c))
+
+
+def masked_depth(depth: Tensor, alpha: Tensor) -> Tensor:
+    """Depth with NaN where nothing was rendered (alpha below EMPTY_ALPHA)."""
+    return torch.where(alpha > EMPTY_ALPHA, depth, torch.full_like(depth, float("nan")))
+
+
+def finite_range(depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image (min, max) over the finite values of [N, ...]; (inf, -inf) for an image with none."""
+    flat = depth.reshape(depth.shape[0], -1)
+    finite = np.isfinite(flat)
+    return np.where(finite, flat, np.inf).min(axis=1), np.where(finite, flat, -np.inf).max(axis=1)
+
+
+def normalize_depth(depth: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Negated, min-max normalized depth in [-1, 1] (near = bright); NaN (empty) -> -1 (far, black).
+
+    depth [N, 1, H, W]; lo, hi [N]: the range per cell (gsgan.md §12 normalizes per image; gen_videos takes the
+    range over a whole video so the brightness does not flicker)."""
+    known = np.isfinite(lo) & np.isfinite(hi)
+    lo = np.where(known, lo, 0.0).reshape(-1, 1, 1, 1)
+    hi = np.where(known, hi, 1.0).reshape(-1, 1, 1, 1)
+    x = 1 - 2 * (np.nan_to_num(depth, nan=np.inf) - lo) / np.maximum(hi - lo, 1e-8)
+    return np.clip(x, -1, 1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing.
+class AtomicMp4Writer:
+    """H.264 (yuv420p) mp4 written to a hidden temp file next to `path` and renamed into place only on success.
+
+    Use as a context manager: an exception or KeyboardInterrupt inside the block removes the temp file, so a
+    failed run never leaves a partial video behind.
+    """
+
+    def __init__(self, path: str, fps: float = 60, bitrate: str = "10M"):
+        self.path, self.fps, self.bitrate = os.fspath(path), fps, bitrate
+        self._tmp: str | None = None
+        self._gen = None
+        self.frames_written = 0
+
+    def __enter__(self) -> "AtomicMp4Writer":
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mp4", dir=directory)
+        os.close(fd)
+        return self
+
+    def append(self, frame: np.ndarray) -> None:
+        """frame: uint8 [H, W, 3]; odd sizes are padded by one edge pixel (yuv420p needs even sizes)."""
+        import imageio_ffmpeg
+
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"AtomicMp4Writer.append: expected uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
+        h, w = frame.shape[:2]
+        if h % 2 or w % 2:
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        if self._gen is None:
+            self._gen = imageio_ffmpeg.write_frames(
+                self._tmp, (frame.shape[1], frame.shape[0]), pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+                fps=self.fps, quality=None, bitrate=self.bitrate, codec="libx264", macro_block_size=2,
+                ffmpeg_log_level="error", output_params=["-movflags", "+faststart"])
+            self._gen.send(None)
+        self._gen.send(np.ascontiguousarray(frame))
+        self.frames_written += 1
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if self._gen is not None:
+                self._gen.close()
+            if exc_type is None:
+                if self.frames_written == 0:
+                    raise ValueError(f"{self.path}: no frames to write")
+                os.chmod(self._tmp, 0o644)
+                os.replace(self._tmp, self.path)
+        finally:
+            if self._tmp is not None and os.path.exists(self._tmp):
+                os.remove(self._tmp)
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# The video.
+def _frame_outputs(G, keyframes: Tensor, labels: Tensor, resolution: int | None, gs_params):
+    """Yields the synthesis output of every frame: all cells of a frame in one generator call."""
+    interp = KeyframeInterpolator(keyframes)
+    num_frames, cells, k = labels.shape[0], keyframes.shape[0], keyframes.shape[1]
+    labels = labels.to(device=keyframes.device, dtype=keyframes.dtype)
+    for t in range(num_frames):
+        ws = interp(t * k / num_frames)
+        with torch.no_grad():
+            yield G.synthesis(ws, labels[t:t + 1].expand(cells, -1), neural_rendering_resolution=resolution,
+                              gs_params=gs_params)
+
+
+@torch.no_grad()
+def render_video(G, keyframes: Tensor, labels: Tensor, path: str, cols: int, rows: int, image_mode: str = "image",
+                 resolution: int | None = None, gs_params=None, fps: float = 60, bitrate: str = "10M",
+                 progress: bool = True) -> str:
+    """Render keyframes [cells, K, num_ws, w_dim] along labels [T, 25] into the mp4 `path` (atomic).
+
+    image_mode: image (colour), image_depth (negated depth, min-max over the video per cell, empty = black) or
+    image_alpha (coverage). Returns path.
+    """
+    from tqdm import tqdm
+
+    if image_mode not in IMAGE_MODES:
+        raise ValueError(f"image_mode: expected one of {IMAGE_MODES}, got {image_mode!r}")
+    num_frames = labels.shape[0]
+    outputs = tqdm(_frame_outputs(G, keyframes, labels, resolution, gs_params), total=num_frames,
+                   desc=os.path.basename(path), unit="frame", disable=not progress, leave=False)
+    with AtomicMp4Writer(path, fps=fps, bitrate=bitrate) as writer:
+        if image_mode != "image_depth":
+            for out in outputs:
+                x = out["image"] if image_mode == "image" else out["image_alpha"] * 2 - 1
+                writer.append(tile_grid(to_uint8(x), cols, rows))
+            return path
+        # Depth needs the range of the whole video first: keep the frames in a scratch file next to the video.
+        with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path))) as scratch:
+            store = lo = hi = None
+            for t, out in enumerate(outputs):
+                depth = masked_depth(out["image_depth"], out["image_alpha"]).float().cpu().numpy()
+                if store is None:
+                    store = np.memmap(scratch, dtype=np.float32, mode="w+", shape=(num_frames, *depth.shape))
+                    lo, hi = np.full(depth.shape[0], np.inf), np.full(depth.shape[0], -np.inf)
+                store[t] = depth
+                frame_lo, frame_hi = finite_range(depth)
+                lo, hi = np.minimum(lo, frame_lo), np.maximum(hi, frame_hi)
+            for t in range(num_frames):
+                x = torch.from_numpy(normalize_depth(np.asarray(store[t]), lo, hi))
+                writer.append(tile_grid(to_uint8(x), cols, rows))
+            del store
+    return path
+
+
+def video_filename(seeds: list[int], image_mode: str = "image") -> str:
+    """seed0000-0003.mp4 (first-last seed; seed0007.mp4 for one seed), -depth / -alpha for the other modes."""
+    name = f"seed{seeds[0]:04d}" + (f"-{seeds[-1]:04d}" if len(seeds) > 1 else "")
+    return name + {"image": "", "image_depth": "-depth", "image_alpha": "-alpha"}[image_mode] + ".mp4"
