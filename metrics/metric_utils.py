@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import tempfile
-import zipfile
 from typing import Any
 
 import numpy as np
@@ -216,28 +215,9 @@ def check_real_count(opts: MetricOptions, available: int, required: int, metric:
 # Real images
 
 
-def archive_signature(path: str) -> str:
-    """Cheap content signature: (name, CRC-32, size) of zip members, or (name, size, mtime) of folder files.
-
-    Complements dataset.fingerprint() (names and sizes): images rewritten with the same byte sizes change it too.
-    """
-    h = hashlib.sha256()
-    if os.path.isdir(path):
-        for root, _dirs, files in sorted(os.walk(path)):
-            for fname in sorted(files):
-                full = os.path.join(root, fname)
-                st = os.stat(full)
-                h.update(f"{os.path.relpath(full, path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    else:
-        with zipfile.ZipFile(path) as zf:
-            for info in sorted(zf.infolist(), key=lambda i: i.filename):
-                h.update(f"{info.filename}\0{info.CRC}\0{info.file_size}\n".encode())
-    return h.hexdigest()
-
-
 def dataset_cache_path(opts: MetricOptions, dataset, detector, num_items: int, stats_kwargs: dict) -> str:
     kwargs = {k: v for k, v in sorted(opts.dataset_kwargs.items()) if k != "path"}
-    key = dict(version=CACHE_VERSION, fingerprint=dataset.fingerprint(), content=archive_signature(dataset.path),
+    key = dict(version=CACHE_VERSION, fingerprint=dataset.fingerprint(),
                resolution=dataset.resolution,
                dataset_kwargs=kwargs, detector_sha256=detector.sha256, detector_kind=detector.kind,
                num_items=num_items, stats=stats_kwargs)

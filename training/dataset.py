@@ -11,6 +11,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -60,14 +61,21 @@ class ArchiveReader:
 
     def _list_sizes(self) -> dict[str, int]:
         if self.kind == "zip":
-            infos = self._zipfile().infolist()
-            return {info.filename: info.file_size for info in infos if not info.is_dir()}
+            infos = [info for info in self._zipfile().infolist() if not info.is_dir()]
+            self._zip_crcs = {info.filename: info.CRC for info in infos}
+            return {info.filename: info.file_size for info in infos}
         sizes = {}
         for root, _dirs, files in os.walk(self.path):
             for fname in files:
                 full = os.path.join(root, fname)
                 sizes[os.path.relpath(full, self.path).replace(os.sep, "/")] = os.path.getsize(full)
         return sizes
+
+    def crc32(self, name: str) -> int:
+        """CRC-32 of a file's bytes: free for zip members (stored), computed by reading for folder files."""
+        if self.kind == "zip":
+            return self._zip_crcs[name]
+        return zlib.crc32(self.read(name))
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -339,12 +347,15 @@ class ImageFolderDataset:
 
     # -- identity ------------------------------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """sha256 hex of dataset.json and the (name, size) of every file: changes when the data change."""
+        """sha256 hex of dataset.json and every file's (name, size, CRC-32); a folder and its zip agree.
+
+        Metric caches are keyed by it, so a dataset regenerated at the same path never reuses stale statistics.
+        """
         h = hashlib.sha256()
         if self._archive.exists(LABELS_FILE):
             h.update(self._archive.read(LABELS_FILE))
         for name, size in sorted(self._archive.sizes.items()):
-            h.update(f"{name}\0{size}\n".encode())
+            h.update(f"{name}\0{size}\0{self._archive.crc32(name):08x}\n".encode())
         return h.hexdigest()
 
     def close(self) -> None:
