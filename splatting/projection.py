@@ -20,6 +20,7 @@ DILATION = 0.3  # px^2 added to the 2D covariance (low-pass filter, keeps tiny G
 JACOBIAN_CLAMP_MARGIN = 0.3  # fraction of tan(fov/2) beyond the image where the EWA linearization is frozen
 RADIUS_SIGMAS = 3.0
 EIGEN_FLOOR = 0.01  # floor of the discriminant in the largest-eigenvalue formula
+MAX_RADIUS = 2.0 ** 30  # keeps absurdly large (or overflowed) radii representable as int32
 
 
 @dataclass(frozen=True)
@@ -104,14 +105,14 @@ def project(gaussians: Gaussians, cameras: Cameras) -> Projected:
     with torch.no_grad():
         half_trace = 0.5 * (a + cc)
         lambda_max = half_trace + torch.sqrt(torch.clamp_min(half_trace * half_trace - det, EIGEN_FLOOR))
-        radius = torch.ceil(RADIUS_SIGMAS * torch.sqrt(lambda_max))
+        radius = torch.clamp(torch.ceil(RADIUS_SIGMAS * torch.sqrt(lambda_max)), max=MAX_RADIUS)
         mx, my = means2d[..., 0], means2d[..., 1]
         on_screen = (mx + radius > 0) & (mx - radius < width) & (my + radius > 0) & (my - radius < height)
         keep = in_front & det_ok & on_screen
         radii = torch.where(keep, radius, torch.zeros_like(radius)).to(torch.int32)
 
     view_dirs = gaussians.means[:, None] - cameras.centers.to(dtype)[:, :, None]  # [B, C, N, 3]
-    colors = sh_to_color(gaussians.sh[:, None], view_dirs)  # [B, C, N, 3]
+    colors = sh_to_color(gaussians.sh[:, None], view_dirs).expand(b, c, n, 3)  # degree 0: no C dependence
     opacities = gaussians.opacities()[:, None].expand(b, c, n)
 
     i = b * c

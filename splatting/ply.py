@@ -1,0 +1,115 @@
+"""3DGS-standard .ply files (the layout splat viewers and the 3DGS tools read), written and read losslessly.
+
+One `vertex` element of float32 properties, binary little-endian, in this order:
+x y z, nx ny nz (zeros), f_dc_0..2, f_rest_0.. (only for SH degree > 0; channel-major: f_rest index =
+channel * (K - 1) + coefficient - 1), opacity (logit), scale_0..2 (log), rot_0..3 (w, x, y, z, unnormalized).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+from .gaussians import Gaussians
+
+_REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+             "rot_0", "rot_1", "rot_2", "rot_3"]
+
+
+def property_names(sh_degree: int) -> list[str]:
+    """Property names in file order for SH degree 0-3."""
+    rest = 3 * ((sh_degree + 1) ** 2 - 1)
+    return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+            + [f"f_rest_{i}" for i in range(rest)]
+            + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+
+
+def _rows(g: Gaussians) -> np.ndarray:
+    """[N, P] float32 matrix of one scene's properties in file order."""
+    def np32(t: torch.Tensor) -> np.ndarray:
+        return t.detach().to("cpu", torch.float32).numpy()
+
+    n, k = g.num_gaussians, g.sh.shape[2]
+    sh = np32(g.sh[0])  # [N, K, 3]
+    rest = sh[:, 1:, :].transpose(0, 2, 1).reshape(n, 3 * (k - 1))  # channel-major
+    return np.concatenate([np32(g.means[0]), np.zeros((n, 3), np.float32), sh[:, 0, :], rest,
+                           np32(g.opacity_logits[0])[:, None], np32(g.log_scales[0]), np32(g.quats[0])], axis=1)
+
+
+def write_ply(path: str | os.PathLike, gaussians: Gaussians, scene: int | None = None) -> None:
+    """Write one scene of `gaussians` (B must be 1 unless `scene` picks one) atomically to `path`."""
+    if not isinstance(gaussians, Gaussians):
+        raise ValueError(f"write_ply: expected a splatting.Gaussians, got {type(gaussians).__name__}")
+    if scene is None:
+        if gaussians.batch_size != 1:
+            raise ValueError(f"write_ply: gaussians hold B = {gaussians.batch_size} scenes; pass scene=<index> "
+                             f"to pick the one to write")
+        scene = 0
+    if not -gaussians.batch_size <= scene < gaussians.batch_size:
+        raise ValueError(f"write_ply: scene={scene} is out of range for B = {gaussians.batch_size}")
+    g = gaussians.map(lambda t: t[scene:scene + 1])
+    g.validate()
+    names = property_names(g.sh_degree)
+    data = np.ascontiguousarray(_rows(g), dtype="<f4")
+    header = "\n".join(["ply", "format binary_little_endian 1.0", f"element vertex {data.shape[0]}"]
+                       + [f"property float {name}" for name in names] + ["end_header"]) + "\n"
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ply", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header.encode("ascii"))
+            f.write(data.tobytes())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a .ply is an ordinary shareable file
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gaussians:
+    """Read a 3DGS-standard .ply (any PLY encoding) into Gaussians with B = 1 (float32)."""
+    from plyfile import PlyData  # read-only dependency; writing needs nothing but numpy
+
+    path = os.fspath(path)
+    try:
+        ply = PlyData.read(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable PLY file ({type(exc).__name__}: {exc})") from None
+    if "vertex" not in [el.name for el in ply.elements]:
+        raise ValueError(f"{path}: no 'vertex' element; not a Gaussian splat PLY")
+    vertex = ply["vertex"]
+    present = [p.name for p in vertex.properties]
+    missing = [name for name in _REQUIRED if name not in present]
+    if missing:
+        raise ValueError(f"{path}: not a 3DGS splat PLY; vertex element lacks propert"
+                         f"{'y' if len(missing) == 1 else 'ies'} {', '.join(missing)}")
+    rest_names = [name for name in present if name.startswith("f_rest_")]
+    num_rest = len(rest_names)
+    if num_rest not in (0, 9, 24, 45) or set(rest_names) != {f"f_rest_{i}" for i in range(num_rest)}:
+        raise ValueError(f"{path}: expected f_rest_0..f_rest_<M-1> with M in 0, 9, 24, 45 (SH degree 0-3), "
+                         f"got {num_rest} f_rest properties")
+
+    def column(*names: str) -> torch.Tensor:
+        array = np.stack([np.asarray(vertex[name], dtype=np.float32) for name in names], axis=-1)
+        return torch.from_numpy(array).to(device)
+
+    n, k = vertex.count, num_rest // 3 + 1
+    dc = column("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :]
+    if num_rest:
+        rest = column(*[f"f_rest_{i}" for i in range(num_rest)]).reshape(n, 3, k - 1).transpose(1, 2)
+        sh = torch.cat([dc, rest], dim=1)
+    else:
+        sh = dc
+    return Gaussians(
+        means=column("x", "y", "z")[None],
+        log_scales=column("scale_0", "scale_1", "scale_2")[None],
+        quats=column("rot_0", "rot_1", "rot_2", "rot_3")[None],
+        opacity_logits=column("opacity")[None, :, 0],
+        sh=sh[None].contiguous(),
+    )
