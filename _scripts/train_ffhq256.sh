@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Official GSGAN FFHQ 256x256 training configuration (gsgan.md §11): 4 GPUs, batch 32, 15000 kimg.
+# Usage: DATA=/path/to/ffhq_256.zip bash _scripts/train_ffhq256.sh [more train.py options, e.g. --dry-run]
+set -euo pipefail
+DATA="${DATA:-datasets/FFHQ_256.zip}"
+OUTDIR="${OUTDIR:-training-runs}"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+python train.py --outdir="$OUTDIR" --cfg=ffhq --data="$DATA" --gpus=4 --batch=32 --gamma=1 \
+    --gen_pose_cond=True --neural_rendering_resolution_initial=256 --metrics=fid2k_full --blur_fade_kimg=200 \
+    --kimg=15000 --gaussian_num_pts=256 --start_pe=True --gpc_reg_prob=0.5 --center_dists=1.0 \
+    --prob_uniform=0.5 --res_end=128 --aug=noaug "$@"

@@ -1,0 +1,265 @@
+"""Typed, frozen training options. `TrainConfig.from_dict` rejects unknown keys and wrong types, and
+`to_json`/`from_json` round-trip exactly: training_options.json plus the seed reproduce a run.
+
+Defaults are the official GSGAN values (gsgan.md §9-§11). G's channel table defaults to channel_base 8192 =
+cbase/4 with channel_max 512, which reproduces the official hard-coded table {4..16: 512, 32: 256, >=64: 128}.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+
+CONFIG_VERSION = 1
+CFG_NAMES = ("ffhq", "afhq", "shapenet", "shapes")
+AUGMENT_MODES = ("noaug", "ada", "fixed")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """Bad option value or unknown key (one line naming the option)."""
+
+
+def _check_value(value, hint, where: str):
+    """Validate/convert one value against a (resolved) type hint; returns the converted value."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return _check_value(value, options[0], where)
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else hint.from_dict(value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else typing.Any
+        if len(args) == 2 and args[1] is Ellipsis or len(args) <= 1:
+            return tuple(_check_value(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected an object, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+class _Config:
+    """from_dict / to_dict / JSON for the frozen dataclasses below."""
+
+    @classmethod
+    def from_dict(cls, data, where: str | None = None):
+        where = where or cls.__name__
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        values = {key: _check_value(value, hints[key], f"{where}.{key}") for key, value in data.items()}
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class DataConfig(_Config):
+    path: str = ""
+    resolution: int = 0                 # resolved from the dataset (0 = not yet known)
+    max_size: int | None = None
+    mirror: bool = False                # x-flip augmentation of the dataset
+    use_labels: bool = True             # --cond
+    workers: int = 3                    # DataLoader worker processes per rank
+    fingerprint: str = ""               # dataset content hash, recorded for reproducibility
+
+
+@dataclass(frozen=True)
+class GeneratorConfig(_Config):
+    num_points: int = 256               # --gaussian_num_pts (P0)
+    res_end: int = 128
+    channel_base: int = 8192            # cbase / 4: the official G channel table
+    channel_max: int = 512              # --cmax
+    map_depth: int = 2
+    gen_pose_cond: bool = True
+    c_scale: float = 1.0
+    start_pe: bool = True
+    neural_rendering_resolution: int = 0  # 0 = the dataset resolution
+    extra: dict = field(default_factory=dict)  # further GSGenerator keyword arguments (e.g. small test models)
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig(_Config):
+    channel_base: int = 32768
+    channel_max: int = 512
+    mbstd_group_size: int = 4
+    num_fp16_res: int = 4
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LossConfig(_Config):
+    r1_gamma: float = 1.0
+    r1_interval: int = 16               # lazy R1 / Dreg every this many iterations (gain = interval)
+    pose_contrastive_weight: float = 1.0  # explicit: independent of the number of processes (clean mode)
+    contrastive_temperature: float = 0.1
+    knn_weight: float = 10.0
+    knn_k: int = 64
+    center_weight: float = 1.0          # --center_dists
+    blur_init_sigma: float = 10.0
+    blur_fade_kimg: float = 200.0
+    gpc_reg_prob: float = 0.5
+    gpc_reg_fade_kimg: float = 1000.0
+    prob_uniform: float = 0.0           # FFHQ pose augmentation probability of gen_c
+    background_start_kimg: float = 50.0  # background Gaussians enabled from this many images on
+    g_clip_norm: float = 20.0
+    d_clip_norm: float = 5.0
+    style_mixing_prob: float = 0.0
+    resume_blur: bool = False           # compat resume only: keep the blur fade (the official --resume_blur)
+    debug_nan_at_iter: int = -1         # test hook: make the G loss NaN at this iteration (-1 = never)
+
+
+@dataclass(frozen=True)
+class OptimConfig(_Config):
+    glr: float = 0.0025
+    dlr: float = 0.002
+    beta1: float = 0.0
+    beta2: float = 0.99
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class AugmentConfig(_Config):
+    mode: str = "noaug"                 # noaug | ada | fixed
+    p: float = 0.2                      # probability multiplier for mode=fixed
+    target: float = 0.6
+    interval: int = 4
+    speed_kimg: float = 500.0
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Config):
+    version: int = CONFIG_VERSION
+    cfg: str = "ffhq"
+    compat: bool = False                # reproduce the official quirks (gsgan.md §14)
+    outdir: str = ""
+    desc: str = ""
+    seed: int = 0
+    num_gpus: int = 1                   # processes (GPUs, or CPU processes with --device cpu)
+    batch_size: int = 32
+    batch_gpu: int = 32
+    total_kimg: float = 15000.0
+    kimg_per_tick: float = 4.0
+    snapshot_ticks: int = 50            # network snapshot (and metrics) every this many ticks; 0 = only at the end
+    image_snapshot_ticks: int = 50
+    metrics: tuple[str, ...] = ()
+    ema_kimg: float = 10.0
+    ema_rampup: float | None = 0.05
+    grid_size: tuple[int, int] | None = None  # (columns, rows) of fakes*.png; None = official size
+    device: str = "auto"
+    resume: str = ""                    # snapshot file or run directory
+    nonfinite: str = "stop"             # on a NaN/inf loss or gradient: "stop" (snapshot + error) or "replace"
+    data: DataConfig = field(default_factory=DataConfig)
+    G: GeneratorConfig = field(default_factory=GeneratorConfig)
+    D: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(f"TrainConfig.version: expected {CONFIG_VERSION}, got {self.version}")
+        if self.cfg not in CFG_NAMES:
+            raise ConfigError(f"TrainConfig.cfg: expected one of {CFG_NAMES}, got {self.cfg!r}")
+        if self.augment.mode not in AUGMENT_MODES:
+            raise ConfigError(f"TrainConfig.augment.mode: expected one of {AUGMENT_MODES}, got {self.augment.mode!r}")
+        if self.nonfinite not in ("stop", "replace"):
+            raise ConfigError(f"TrainConfig.nonfinite: expected 'stop' or 'replace', got {self.nonfinite!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"TrainConfig.device: expected one of {DEVICES}, got {self.device!r}")
+
+    def generator_kwargs(self) -> dict:
+        """GSGenerator constructor arguments (needs data.resolution)."""
+        gc, res = self.G, self.data.resolution
+        kwargs = dict(img_resolution=res, num_points=gc.num_points, res_end=gc.res_end,
+                      channel_base=gc.channel_base, channel_max=gc.channel_max, map_depth=gc.map_depth,
+                      gen_pose_cond=gc.gen_pose_cond, c_scale=gc.c_scale, start_pe=gc.start_pe, compat=self.compat,
+                      neural_rendering_resolution=gc.neural_rendering_resolution or res)
+        kwargs.update(gc.extra)
+        return kwargs
+
+    def discriminator_kwargs(self) -> dict:
+        dc = self.D
+        return dict(img_resolution=self.data.resolution, channel_base=dc.channel_base, channel_max=dc.channel_max,
+                    mbstd_group_size=dc.mbstd_group_size, num_fp16_res=dc.num_fp16_res, **dc.extra)
+
+    @property
+    def rounds(self) -> int:
+        """Gradient-accumulation rounds per iteration (batch = num_gpus * batch_gpu * rounds)."""
+        return self.batch_size // (self.num_gpus * self.batch_gpu)
+
+    def validate(self) -> None:
+        """Cross-option checks that need no data or models; raises ConfigError naming the option."""
+        if self.num_gpus < 1 or self.batch_gpu < 1 or self.batch_size < 1:
+            raise ConfigError("--gpus, --batch and --batch-gpu must be positive")
+        if self.batch_size % (self.num_gpus * self.batch_gpu) != 0:
+            raise ConfigError(f"--batch={self.batch_size} must be a multiple of --gpus * --batch-gpu "
+                              f"= {self.num_gpus} * {self.batch_gpu}")
+        group = self.D.mbstd_group_size
+        if group > 1 and self.batch_gpu >= group and self.batch_gpu % group != 0:
+            raise ConfigError(f"--mbstd-group={group} must divide --batch-gpu={self.batch_gpu}")
+        res, nrr = self.data.resolution, self.G.neural_rendering_resolution
+        if res and nrr and nrr != res:
+            raise ConfigError(f"--neural_rendering_resolution_initial={nrr} must equal the dataset resolution "
+                              f"{res} (GSGAN renders at the discriminator's resolution; no super-resolution)")
+        for name in ("total_kimg", "kimg_per_tick"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.loss.gpc_reg_prob <= 1 or not 0 <= self.loss.prob_uniform <= 1:
+            raise ConfigError("--gpc_reg_prob and --prob_uniform must be probabilities in [0, 1]")
+
+
+# Per --cfg defaults (gsgan.md §11): dry-run resolution when no dataset is given, and option defaults that the
+# official scripts set explicitly anyway. `shapes` is the built-in synthetic dataset with a small CPU model.
+CFG_DEFAULTS = {
+    "ffhq": {"resolution": 512, "gpc_reg_prob": 0.5, "center_dists": 1.0, "prob_uniform": 0.5},
+    "afhq": {"resolution": 512, "gpc_reg_prob": 0.8, "center_dists": 10.0, "prob_uniform": 0.0},
+    "shapenet": {"resolution": 128, "gpc_reg_prob": 0.5, "center_dists": 1.0, "prob_uniform": 0.0},
+    "shapes": {"resolution": 32, "gpc_reg_prob": 0.5, "center_dists": 1.0, "prob_uniform": 0.5,
+               "batch": 8, "kimg": 50.0, "tick": 1.0, "snap": 10, "workers": 1, "blur_fade_kimg": 10.0,
+               "background_kimg": 5.0, "gaussian_num_pts": 64, "res_end": 32, "cbase": 16384, "cmax": 128,
+               "G_extra": {"num_transformer_layers": 2, "num_heads": 4, "bg_num_points": 200, "bg_channels": 32},
+               "grid": (4, 2), "dataset_count": 512},
+}
