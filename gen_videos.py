@@ -14,6 +14,7 @@ import tempfile
 
 import click
 
+from splatting.ply import PLY_FRAMES
 from training.video_utils import CAMERA_PRESETS, IMAGE_MODES, TRAJECTORIES, parse_grid, parse_int_list
 
 
@@ -147,7 +148,7 @@ def _gs_params(G, res_visualize, point_index, num_init_near_point, visualize_anc
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--video/--no-video", default=True, show_default=True, help="write the grid video")
 @click.option("--ply/--no-ply", default=True, show_default=True, help="write seedNNNN.ply (frontal-view Gaussians)")
-@click.option("--ply-frame", type=click.Choice(["opencv", "eg3d"]), default="opencv", show_default=True,
+@click.option("--ply-frame", type=click.Choice(PLY_FRAMES), default="opencv", show_default=True,
               help="opencv: y down, upright in common splat viewers; eg3d: the generator's y-up world")
 @click.option("--images/--no-images", default=False, show_default=True,
               help="write seedNNNN.png: colour at 5 yaws (-0.5..0.5 rad) above their depth")
@@ -232,7 +233,7 @@ def videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_
 @cli.command("view")
 @click.argument("ply", type=click.Path(exists=True, dir_okay=False))
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port")
-@click.option("--frame", type=click.Choice(["opencv", "eg3d"]), default="opencv", show_default=True,
+@click.option("--frame", type=click.Choice(PLY_FRAMES), default="opencv", show_default=True,
               help="world frame of the file: opencv (y down; what gen_videos exports) or eg3d (y up)")
 @click.option("--browser/--no-browser", default=True, show_default=True, help="open the page in the default browser")
 def view(ply, port, frame, browser):

@@ -1,16 +1,17 @@
-"""Small shared helpers: EasyDict, a cache directory, cached file/URL opening and logging to console + log.txt.
+"""Small shared helpers: EasyDict, all-or-nothing file writes, a cache directory, cached file/URL opening and logging to console + log.txt.
 
 Logging uses the standard `logging` module (logger "gsgan"); sys.stdout is never replaced, so several runs in one
 process (tests) do not leak output into each other's log files.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
+import secrets
 import sys
-import tempfile
 import urllib.parse
 import urllib.request
 
@@ -32,6 +33,26 @@ class EasyDict(dict):
 
     def __delattr__(self, name):
         del self[name]
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "wb", fsync: bool = False):
+    """Write `path` all-or-nothing: a temp file in the same directory (permissions from the umask), then
+    os.replace. On error the temp file is removed and `path` is untouched."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".tmp-{secrets.token_hex(6)}-{os.path.basename(path)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def cache_dir(*subdirs: str) -> str:
@@ -58,16 +79,9 @@ def cached_file(path_or_url: str, subdir: str = "downloads", timeout: float = 60
     target = os.path.join(cache_dir(subdir), f"{digest}_{name}")
     if os.path.isfile(target):
         return target
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".download-")
-    try:
-        with urllib.request.urlopen(path_or_url, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(target) as out, urllib.request.urlopen(path_or_url, timeout=timeout) as response:
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
     return target
 
 

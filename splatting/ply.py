@@ -7,15 +7,20 @@ channel * (K - 1) + coefficient - 1), opacity (logit), scale_0..2 (log), rot_0..
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 import torch
+
+from dnnlib import atomic_file
 
 from .gaussians import Gaussians
 
 _REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
              "rot_0", "rot_1", "rot_2", "rot_3"]
+
+# World frames a splat .ply can be written in: "opencv" (y down, z forward; what common splat viewers expect and
+# gen_videos exports by default) or "eg3d" (the generator's y-up world).
+PLY_FRAMES = ("opencv", "eg3d")
 
 
 def property_names(sh_degree: int) -> list[str]:
@@ -56,18 +61,9 @@ def write_ply(path: str | os.PathLike, gaussians: Gaussians, scene: int | None =
     header = "\n".join(["ply", "format binary_little_endian 1.0", f"element vertex {data.shape[0]}"]
                        + [f"property float {name}" for name in names] + ["end_header"]) + "\n"
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ply", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.encode("ascii"))
-            f.write(data.tobytes())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a .ply is an ordinary shareable file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path) as f:
+        f.write(header.encode("ascii"))
+        f.write(data.tobytes())
 
 
 def read_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gaussians:

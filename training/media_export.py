@@ -9,19 +9,17 @@ degree-0 colours do not change.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from dnnlib import atomic_file
 from splatting.gaussians import Gaussians
-from splatting.ply import write_ply
+from splatting.ply import PLY_FRAMES, write_ply
 from training.video_utils import (CameraPreset, conditioning_label, finite_range, masked_depth, normalize_depth,
                                   to_uint8, yaw_sweep_labels)
 
-PLY_FRAMES = ("opencv", "eg3d")
 STILL_YAWS = (-0.5, -0.25, 0.0, 0.25, 0.5)  # radians around the frontal view
 
 
@@ -97,18 +95,9 @@ def render_still(G, w: Tensor, preset: CameraPreset, yaws=STILL_YAWS, resolution
 
 
 def save_png(path: str, image: np.ndarray) -> str:
-    """Write uint8 [H, W, 3] as PNG via a temp file + os.replace (never a half-written image)."""
+    """Write uint8 [H, W, 3] as PNG, all-or-nothing (never a half-written image)."""
     from PIL import Image
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(image).save(handle, format="PNG")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path) as handle:
+        Image.fromarray(image).save(handle, format="PNG")
     return path

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from splatting.gaussians import SH_C0
+from splatting.ply import PLY_FRAMES as FRAMES
 from splatting.projection import covariances3d
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -26,7 +27,6 @@ STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/index.html": ("index.html", "text/html; charset=utf-8"),
                 "/viewer.js": ("viewer.js", "text/javascript; charset=utf-8")}
 FLOATS_PER_SPLAT = 13  # center xyz, rgba, 3D covariance (xx, xy, xz, yy, yz, zz)
-FRAMES = ("opencv", "eg3d")  # y-down world (what gen_videos exports, like most splat viewers) or EG3D's y-up world
 
 log = logging.getLogger("gsgan.viewer")
 
