@@ -22,3 +22,6 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     touch "$STAMP"
 fi
 export GSGAN_CACHE_DIR="${GSGAN_CACHE_DIR:-$REPO_ROOT/.cache}"
+# OpenMP threads sleep instead of spinning while they wait: on a busy or shared CPU, spinning makes PyTorch's many
+# small parallel ops 10-30x slower (measured; bench/projection.py records the policy in its results).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"

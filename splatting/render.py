@@ -43,9 +43,42 @@ def _validate_inputs(gaussians, cameras) -> None:
         value = getattr(cameras, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"cameras.{name}: expected a positive int (pixels), got {value!r}")
-    gaussians.validate()
+    _validate_gaussians(gaussians)
     if not bool(torch.isfinite(cameras.world_to_cam).all() & torch.isfinite(cameras.K).all()):
         raise ValueError("cameras: world_to_cam or K contains non-finite values (NaN or inf)")
+
+
+def _validate_gaussians(gaussians: Gaussians) -> None:
+    """Gaussians.validate() at a fraction of its CPU cost (it runs on every render of the training loop).
+
+    NaN and inf propagate into a per-field min/max, and the smallest squared quaternion norm is compared with a
+    margin; only when one of these looks wrong does the full validate() run, which decides and raises the precise
+    message. So exactly the inputs that validate() rejects are rejected."""
+    with torch.no_grad():
+        extremes = [v for t in (gaussians.means, gaussians.log_scales, gaussians.quats, gaussians.opacity_logits,
+                                gaussians.sh) if t.numel() > 0 for v in torch.aminmax(t.detach())]
+        suspicious = bool(extremes) and not bool(torch.isfinite(torch.stack(extremes)).all())
+        if not suspicious and gaussians.quats.numel() > 0:
+            quats = gaussians.quats.detach()
+            squared_norms = quats.square() @ quats.new_ones(4)  # a matrix-vector product: fast on CPU
+            suspicious = bool(squared_norms.min() <= 4e-24)  # validate() rejects norm <= 1e-12
+    if suspicious:
+        gaussians.validate()
+
+
+class _ColorDepthFeats(torch.autograd.Function):
+    """[colors, depth] -> feats [I, N, 4]; torch.cat along a last dimension of 4 is ~3x slower on CPU."""
+
+    @staticmethod
+    def forward(ctx, colors, depths):
+        feats = colors.new_empty(*colors.shape[:-1], 4)
+        feats[..., :3].copy_(colors)
+        feats[..., 3].copy_(depths)
+        return feats
+
+    @staticmethod
+    def backward(ctx, grad_feats):
+        return grad_feats[..., :3], grad_feats[..., 3]
 
 
 def _background(background, gaussians: Gaussians, batch: int, cams: int) -> Tensor | None:
@@ -126,7 +159,7 @@ def render(gaussians: Gaussians, cameras: Cameras, background=None, backend: str
                 means2d_bc.retain_grad()
             means2d = means2d_bc.reshape(b * c, n, 2)
             radii_bc = proj.radii.reshape(b, c, n)
-        feats = torch.cat([proj.colors, proj.depths[..., None]], dim=-1)  # [I, N, 4]
+        feats = _ColorDepthFeats.apply(proj.colors, proj.depths)  # [I, N, 4]
         if n == 0:  # nothing to rasterize; never hand empty tensors to an extension
             out = feats.new_zeros(b * c, height, width, 4)
             alpha = feats.new_zeros(b * c, height, width, 1)
@@ -137,9 +170,8 @@ def render(gaussians: Gaussians, cameras: Cameras, background=None, backend: str
         out = out.permute(0, 3, 1, 2).reshape(b, c, 4, height, width)
         alpha = alpha.permute(0, 3, 1, 2).reshape(b, c, 1, height, width)
         color, depth_sum = out[:, :, :3], out[:, :, 3:]
-        covered = alpha > 0
-        depth = torch.where(covered, depth_sum / torch.where(covered, alpha, torch.ones_like(alpha)),
-                            torch.zeros_like(alpha))
+        covered = (alpha > 0).to(alpha.dtype)  # a 0/1 mask applied arithmetically (torch.where is slow on CPU)
+        depth = depth_sum / torch.addcmul(1 - covered, alpha, covered) * covered  # 0 where alpha == 0
     if bg is not None:
         color = color + (1 - alpha) * bg[..., None, None]
     return RenderOutput(color=color, depth=depth, alpha=alpha, means2d=means2d_bc, radii=radii_bc)

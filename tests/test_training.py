@@ -32,12 +32,12 @@ def tiny_data(tmp_path_factory):
     return build_tiny_dataset(str(tmp_path_factory.getbasetemp()))
 
 
-def tiny_config(data: str, outdir: str, **changes) -> TrainConfig:
+def tiny_config(data: str, outdir: str, data_workers: int = 0, **changes) -> TrainConfig:
     """A model small enough for a few CPU iterations per test (reference rasterizer: no compilation)."""
     config = TrainConfig(
         cfg="shapes", outdir=outdir, seed=3, batch_size=4, batch_gpu=4, total_kimg=0.012, kimg_per_tick=0.004,
         snapshot_ticks=1, image_snapshot_ticks=1, grid_size=(2, 2), device="cpu", ema_kimg=4 * 10 / 32,
-        data=DataConfig(path=data, workers=0),
+        data=DataConfig(path=data, workers=data_workers),
         G=GeneratorConfig(num_points=16, res_end=16, channel_base=64, channel_max=32, extra=dict(
             z_dim=32, w_dim=32, num_transformer_layers=1, num_heads=2, bg_num_points=50, bg_channels=16,
             view_dim=8, const_pe_length=16, rendering_backend="reference")),
@@ -133,19 +133,27 @@ def test_two_process_gloo_ranks_stay_identical(tiny_data, tmp_path):
     assert "identical across 2 processes" in open(os.path.join(result.run_dir, "log.txt")).read()
 
 
-def test_sigterm_writes_snapshot_and_exits_cleanly(tiny_data, tmp_path):
+@pytest.mark.parametrize("sig, whole_group, workers", [
+    (signal.SIGTERM, False, 0),  # a scheduler's TERM to the trainer
+    (signal.SIGINT, True, 1),    # Ctrl+C: the terminal signals every process of the group, DataLoader workers too
+])
+def test_stop_signal_writes_snapshot_and_exits_cleanly(tiny_data, tmp_path, sig, whole_group, workers):
     script = (f"import sys; sys.path.insert(0, {REPO!r}); from tests.test_training import tiny_config; "
               f"from training.training_loop import launch; "
               f"r = launch(tiny_config({tiny_data!r}, {str(tmp_path)!r}, total_kimg=10.0, snapshot_ticks=0, "
-              f"image_snapshot_ticks=0)); print('STATUS', r.status, r.cur_nimg, r.snapshot, flush=True)")
+              f"image_snapshot_ticks=0, data_workers={workers})); "
+              f"print('STATUS', r.status, r.cur_nimg, r.snapshot, flush=True)")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=REPO)
+                            text=True, cwd=REPO, start_new_session=True)
     lines = []
     deadline = time.time() + 300
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("tick 0"):
-            proc.send_signal(signal.SIGTERM)
+            if whole_group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
         if time.time() > deadline:
             proc.kill()
             break

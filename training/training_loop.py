@@ -56,6 +56,13 @@ def grid_shape(config: TrainConfig, resolution: int) -> tuple[int, int]:
     return int(np.clip(7680 // resolution, 7, 32)), int(np.clip(4320 // resolution, 4, 32))
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl+C / SIGTERM to the main process, which finishes the step and snapshots;
+    a worker dying first would crash the main process before it could save anything."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class Trainer:
     """All state of one process's training run."""
 
@@ -132,7 +139,7 @@ class Trainer:
         self.loader = iter(torch.utils.data.DataLoader(
             self.dataset, sampler=self.sampler, batch_size=per_rank, num_workers=workers,
             pin_memory=self.device.type == "cuda", prefetch_factor=2 if workers > 0 else None,
-            persistent_workers=False))
+            persistent_workers=False, worker_init_fn=_ignore_stop_signals if workers > 0 else None))
 
     # ------------------------------------------------------------------------------------------ resume
     def _resume(self, path: str) -> None:
