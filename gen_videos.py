@@ -15,6 +15,7 @@ import tempfile
 import click
 
 from splatting.ply import PLY_FRAMES
+from viewer.cli import view
 from training.video_utils import CAMERA_PRESETS, IMAGE_MODES, TRAJECTORIES, parse_grid, parse_int_list
 
 
@@ -230,18 +231,7 @@ def videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_
         raise click.ClickException(str(error)) from None
 
 
-@cli.command("view")
-@click.argument("ply", type=click.Path(exists=True, dir_okay=False))
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port")
-@click.option("--frame", type=click.Choice(PLY_FRAMES), default="opencv", show_default=True,
-              help="world frame of the file: opencv (y down; what gen_videos exports) or eg3d (y up)")
-@click.option("--browser/--no-browser", default=True, show_default=True, help="open the page in the default browser")
-def view(ply, port, frame, browser):
-    """Serve an interactive WebGL view of a splat .ply on 127.0.0.1."""
-    from viewer.server import serve
-
-    raise SystemExit(serve(ply, port=port, frame=frame, open_browser=browser))
-
+cli.add_command(view)
 
 if __name__ == "__main__":
     cli()

@@ -7,12 +7,9 @@ Timings on a shared machine are noisy: compare ratios measured in the same run.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
@@ -22,6 +19,8 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+from _results import git_commit, write_results  # noqa: E402  (bench/ is the script's directory)
 
 from training.discriminator import Discriminator  # noqa: E402
 
@@ -44,17 +43,6 @@ def frontal_labels(batch: int, device) -> torch.Tensor:
         intrinsics = torch.tensor([FRONTAL_FOCAL, 0, 0.5, 0, FRONTAL_FOCAL, 0.5, 0, 0, 1])
         label = torch.cat([cam2world.flatten(), intrinsics])
     return label.reshape(1, 25).repeat(batch, 1).to(device)
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        return commit + ("+dirty" if dirty and commit != "unknown" else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def device_name(device: torch.device) -> str:
@@ -155,14 +143,6 @@ def format_row(row: dict) -> str:
     return f"{row['config']:<9} {row['device']:<6} B={row['batch']:<2} {row['mode']:<10} {result}"
 
 
-def write_json(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
-
-
 @click.command()
 @click.option("--configs", default="small-64,ffhq-256", show_default=True, help="Comma list of " + ",".join(CONFIGS))
 @click.option("--batches", default="1,4", show_default=True, help="Comma list of batch sizes.")
@@ -207,8 +187,7 @@ def main(configs, batches, devices, modes, warmup, min_time, max_iters, out_dir)
     payload = dict(benchmark="generator", timestamp=stamp, git_commit=git_commit(), torch_version=torch.__version__,
                    python=platform.python_version(), devices=devices_info, cpu_threads=torch.get_num_threads(),
                    warmup=warmup, min_time=min_time, max_iters=max_iters, results=rows)
-    path = os.path.join(out_dir, f"generator-{stamp}.json")
-    write_json(path, payload)
+    path = write_results("generator", payload, out_dir)
     print(f"wrote {path}")
 
 

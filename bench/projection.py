@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from _results import git_commit, write_results  # noqa: E402  (bench/ is the script's directory)
 
 from bench.rasterizer import gan_like_scene  # noqa: E402
 
@@ -140,19 +140,14 @@ def main(argv=None) -> None:
 
     load_before = os.getloadavg()
     rows = [measure(c, t, args.repeats, args.profile) for c in cases for t in threads]
-    meta = dict(label=args.label, torch=torch.__version__, python=platform.python_version(),
+    meta = dict(label=args.label, git_commit=git_commit(), torch=torch.__version__, python=platform.python_version(),
                 cpu_count=os.cpu_count(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
                 load_average_before=load_before, load_average_after=os.getloadavg(),
                 time=datetime.datetime.now().isoformat(timespec="seconds"))
     print(_table(rows))
     print(f"load average before {load_before}, after {meta['load_average_after']}; "
           f"OMP_WAIT_POLICY={meta['omp_wait_policy']}")
-    out_dir = os.path.join(REPO, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"projection-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
-    with tempfile.NamedTemporaryFile("w", dir=out_dir, delete=False, suffix=".tmp") as f:
-        json.dump(dict(meta=meta, results=rows), f, indent=2)
-    os.replace(f.name, path)
+    path = write_results("projection", dict(meta=meta, results=rows))
     print(f"wrote {path}")
 
 

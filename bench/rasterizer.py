@@ -22,12 +22,13 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from _results import git_commit, write_results  # noqa: E402  (bench/ is the script's directory)
 
 # name -> (resolution, Gaussians, batch, device)
 CASES = {
@@ -179,14 +180,6 @@ def _run_worker(case: str, backend: str, repeats: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except OSError:
-        return "unknown"
-
-
 def _table(rows: list[dict]) -> str:
     head = (f"{'case':>9} {'backend':>9} | {'rast fwd':>9} {'rast f+b':>9} {'(cpu)':>9} | {'rend fwd':>9} "
             f"{'rend f+b':>9} | {'Mpairs/s':>9} {'peak MB':>8} | ref/this rast f+b")
@@ -256,19 +249,14 @@ def main(argv=None) -> None:
                 r["reference_ratio_fwd_bwd_cpu_time"] = (ref["raster_fwd_bwd_cpu_ms_per_image"]
                                                          / r["raster_fwd_bwd_cpu_ms_per_image"])
 
-    meta = dict(git_commit=_git_commit(), torch=torch.__version__, python=platform.python_version(),
+    meta = dict(git_commit=git_commit(), torch=torch.__version__, python=platform.python_version(),
                 cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
                 cuda_device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                 load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
                 time=datetime.datetime.now().isoformat(timespec="seconds"),
                 note="other processes may share the machine; see load_average")
     print(_table(rows))
-    out_dir = os.path.join(REPO, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"rasterizer-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
-    with tempfile.NamedTemporaryFile("w", dir=out_dir, delete=False, suffix=".tmp") as f:
-        json.dump(dict(meta=meta, results=rows), f, indent=2)
-    os.replace(f.name, path)
+    path = write_results("rasterizer", dict(meta=meta, results=rows))
     print(f"wrote {path}")
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+from _results import git_commit, write_results  # noqa: E402  (bench/ is the script's directory)
+
 import train  # noqa: E402
 from training.training_loop import Trainer, resolve_device  # noqa: E402
 
@@ -31,14 +32,6 @@ SETUPS = {
     "ffhq256": dict(cli=["--cfg", "ffhq", "--batch", "32", "--batch-gpu", "32", "--gaussian_num_pts", "256",
                          "--res_end", "128", "--prob_uniform", "0.5"], resolution=256),
 }
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def build_config(setup: str, data: str | None, device: str, outdir: str):
@@ -97,12 +90,7 @@ def main(setup, data, device, threads, warmup, iterations):
         "timestamp": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     click.echo(json.dumps(result, indent=2))
-    out_dir = os.path.join(REPO_ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    with open(os.path.join(out_dir, f"train_step-{stamp}.json"), "w") as handle:
-        json.dump(result, handle, indent=2)
-
+    click.echo(f"wrote {write_results('train_step', result)}")
 
 if __name__ == "__main__":
     main()

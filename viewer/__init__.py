@@ -1,4 +1,4 @@
-"""Local web viewer for 3DGS .ply files (`python -m viewer FILE.ply` or `python gen_videos.py view FILE.ply`)."""
-from .server import FRAMES, pack_splats, serve, start_server
+"""Local web viewer for 3DGS .ply files (`python -m viewer FILE.ply` or `python gen_videos.py view FILE.ply`).
 
-__all__ = ["FRAMES", "pack_splats", "serve", "start_server"]
+`viewer.server` validates and packs the file and serves the page in `viewer/static/`; `viewer.cli` is the command.
+"""
