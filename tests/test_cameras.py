@@ -1,5 +1,4 @@
 """splatting/cameras.py: label conversions, projection conventions, the compat quirks, mirroring, validation."""
-import math
 
 import numpy as np
 import pytest

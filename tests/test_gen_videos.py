@@ -257,7 +257,7 @@ def test_ply_readback_matches_generator(G, snapshot, tmp_path):
 
 def test_rotate_x180_is_a_rigid_rotation_of_the_scene(G):
     """Rendering the rotated Gaussians with the rotated camera gives the same image (so covariances rotate too)."""
-    from training.point_generator import quat_to_rotmat
+    from splatting.projection import quat_to_rotmat
 
     g = me.frontal_gaussians(G, vu.compute_ws(G, [0], PRESET), PRESET)
     r = me.rotate_x180(g)

@@ -11,7 +11,8 @@ from splatting import Gaussians, render
 from splatting.cameras import Cameras, eg3d_label, look_at
 from training.generator import OPACITY_ONES_LOGIT_CLEAN, GSGenerator, GSParams
 from training.mapping import MappingNetwork
-from training.point_generator import ConstPE, PointGenerator, quat_to_rotmat
+from splatting.projection import quat_to_rotmat
+from training.point_generator import ConstPE, PointGenerator
 
 SMALL = dict(img_resolution=64, channel_max=128, num_points=64, res_end=32)
 FOCAL = 4.2647

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from splatting.gaussians import Gaussians
+from splatting.projection import quat_to_rotmat
 from training.layers import (AdaEdgeBlock, AdaMLP, EqLinear, LFF, LocalEdgeBlock, PlainMLP, SubpixelUpsample,
                              TransformerLayer)
 
@@ -27,15 +28,6 @@ HEAD_WEIGHT_INIT = {"xyz": 1.0, "scale": 0.1, "rotation": 0.1, "color": 1.0, "op
 def softmin(a: Tensor, t: float | Tensor) -> Tensor:
     """Smooth min(a, t) = t - softplus(t - a)."""
     return t - F.softplus(t - a)
-
-
-def quat_to_rotmat(q: Tensor) -> Tensor:
-    """[..., 4] quaternion (w, x, y, z), normalized here -> [..., 3, 3] rotation (3DGS formula)."""
-    w, x, y, z = F.normalize(q, dim=-1).unbind(-1)
-    rows = [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]
-    return torch.stack(rows, dim=-1).unflatten(-1, (3, 3))
 
 
 def box_offset(quats: Tensor, log_scales: Tensor, u: Tensor) -> Tensor:
