@@ -101,7 +101,7 @@ def bool_option(name: str, help: str, default=None):
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes (GPUs; CPU processes with --device=cpu).")
 @click.option("--batch", type=click.IntRange(min=1), help="Total batch size [default: 32; shapes: 8].")
-@click.option("--gamma", type=click.FloatRange(min=0), default=1.0, show_default=True, help="R1 weight.")
+@click.option("--gamma", type=click.FloatRange(min=0), help="R1 weight [1; shapes: 0.1].")
 @bool_option("cond", "Use the camera labels (required by GSGAN).", default=True)
 @bool_option("mirror", "Enable dataset x-flips.", default=False)
 @click.option("--aug", type=click.Choice(["noaug", "ada", "fixed"]), default="noaug", show_default=True)
@@ -113,8 +113,8 @@ def bool_option(name: str, help: str, default=None):
 @click.option("--batch-gpu", type=click.IntRange(min=1), help="Batch per process [default: batch/gpus].")
 @click.option("--cbase", type=click.IntRange(min=1), help="Capacity multiplier (D; G uses cbase/4) [32768].")
 @click.option("--cmax", type=click.IntRange(min=1), help="Max. feature maps (G and D) [512].")
-@click.option("--glr", type=click.FloatRange(min=0), default=0.0025, show_default=True, help="G learning rate.")
-@click.option("--dlr", type=click.FloatRange(min=0), default=0.002, show_default=True, help="D learning rate.")
+@click.option("--glr", type=click.FloatRange(min=0), help="G learning rate [0.0025; shapes: 0.005].")
+@click.option("--dlr", type=click.FloatRange(min=0), help="D learning rate [0.002; shapes: 0.004].")
 @click.option("--map-depth", type=click.IntRange(min=1), default=2, show_default=True, help="Mapping layers.")
 @click.option("--mbstd-group", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--desc", default="", help="String appended to the run directory name.")
@@ -133,18 +133,19 @@ def bool_option(name: str, help: str, default=None):
 @click.option("--c-scale", "c_scale", type=float, default=1.0, show_default=True, help="Scale of G's pose label.")
 @click.option("--gpc_reg_prob", type=click.FloatRange(0, 1), help="Final pose-swap probability [ffhq 0.5, afhq 0.8].")
 @click.option("--gpc_reg_fade_kimg", type=click.FloatRange(min=0), default=1000.0, show_default=True)
-@click.option("--blur_fade_kimg", type=click.FloatRange(min=0), help="Blur fade (x batch/32) [200; shapes: 10].")
+@click.option("--blur_fade_kimg", type=click.FloatRange(min=0), help="Blur fade (x batch/32) [200; shapes: 0 = off].")
 @click.option("--style_mixing_prob", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--gaussian_num_pts", type=click.IntRange(min=4), help="Initial points P0 [256; shapes: 64].")
 @bool_option("start_pe", "Positional encoding of the initial points.", default=True)
-@click.option("--res_end", type=click.IntRange(min=8), help="Point-generator end resolution [128; shapes: 32].")
+@click.option("--res_end", type=click.IntRange(min=8), help="Point-generator end resolution [128; shapes: 16].")
 @click.option("--center_dists", type=click.FloatRange(min=0), help="Centre regularizer weight [ffhq 1, afhq 10].")
 @click.option("--knn_dists", type=click.FloatRange(min=0), default=10.0, show_default=True)
 @click.option("--knn_num_ks", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--pose_contrastive", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Pose-contrastive weight (independent of --gpus unless --compat).")
 @click.option("--prob_uniform", type=click.FloatRange(0, 1), help="FFHQ pose augmentation of gen_c [ffhq 0.5].")
-@click.option("--background_kimg", type=click.FloatRange(min=0), help="Background on after this [50; shapes: 5].")
+@click.option("--background_kimg", type=click.FloatRange(min=0),
+              help="Background on after this [50; shapes: none built].")
 @click.option("--d_num_fp16_res", type=click.IntRange(min=0), default=4, show_default=True)
 @click.option("--g_num_fp16_res", type=click.IntRange(min=0), default=0, show_default=True,
               help="Accepted for compatibility; the official G ignores it (G runs in fp32).")
@@ -248,7 +249,8 @@ def build_config(opts: dict, dry_run: bool = False) -> TrainConfig:
     discriminator = DiscriminatorConfig(channel_base=cbase, channel_max=cmax, mbstd_group_size=opts["mbstd_group"],
                                         num_fp16_res=opts["d_num_fp16_res"])
     loss = LossConfig(
-        r1_gamma=opts["gamma"], pose_contrastive_weight=opts["pose_contrastive"], knn_weight=opts["knn_dists"],
+        r1_gamma=_pick(opts, "gamma", preset, 1.0), pose_contrastive_weight=opts["pose_contrastive"],
+        knn_weight=opts["knn_dists"],
         knn_k=opts["knn_num_ks"], center_weight=_pick(opts, "center_dists", preset, 1.0),
         blur_fade_kimg=_pick(opts, "blur_fade_kimg", preset, 200.0) * batch / 32,  # scaled like EG3D
         gpc_reg_prob=_pick(opts, "gpc_reg_prob", preset, 0.5), gpc_reg_fade_kimg=opts["gpc_reg_fade_kimg"],
@@ -265,7 +267,8 @@ def build_config(opts: dict, dry_run: bool = False) -> TrainConfig:
             metrics=opts["metrics"], ema_kimg=batch * 10 / 32, ema_rampup=0.05,
             grid_size=opts["grid"] or preset.get("grid"), device=opts["device"], resume=opts["resume"] or "",
             nonfinite=opts["nonfinite"], data=data, G=generator, D=discriminator, loss=loss,
-            optim=OptimConfig(glr=opts["glr"], dlr=opts["dlr"]),
+            optim=OptimConfig(glr=_pick(opts, "glr", preset, 0.0025),
+                              dlr=_pick(opts, "dlr", preset, 0.002)),
             augment=AugmentConfig(mode=opts["aug"], p=opts["aug_p"], target=opts["target"]))
         config.validate()
     except ConfigError as error:

@@ -340,3 +340,17 @@ def test_gs_params_validation():
         GSParams(num_init_near_point=3)
     with pytest.raises(ValueError, match="point_index"):
         GSParams(point_index=[-1])
+
+
+def test_no_background_generator():
+    """bg_num_points=0 builds no background (black-background data): fewer ws, no parameters, same foreground."""
+    torch.manual_seed(3)
+    G = GSGenerator(**SMALL, bg_num_points=0)
+    assert G.background is None and not any(n.startswith("background.") for n, _ in G.named_parameters())
+    assert G.num_ws == G.points.num_ws and G.gaussian_counts()["background"] == 0
+    z, c = torch.randn(2, 512), _labels(2)
+    out = G(z, c)
+    assert out["gaussians"].means.shape[1] == G.gaussian_counts()["foreground"]
+    assert torch.isfinite(out["image"]).all()
+    with pytest.raises(ValueError, match="bg_num_points"):
+        GSGenerator(**SMALL, bg_num_points=-1)

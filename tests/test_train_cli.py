@@ -153,13 +153,13 @@ def test_cli_trains_and_resumes_into_a_new_run_dir(tmp_path):
               "--backend", "reference", "--workers", "0", "--device", "cpu", "--grid", "2x1", "--seed", "1"]
     first = CliRunner().invoke(train.main, common + ["--kimg", "0.004"])
     assert first.exit_code == 0, first.output
-    run_dir = os.path.join(outdir, "00000-shapes-tiny16-gpus1-batch4-gamma1")
+    run_dir = os.path.join(outdir, "00000-shapes-tiny16-gpus1-batch4-gamma0.1")
     assert os.path.isfile(os.path.join(run_dir, "network-snapshot-000000.pt"))
     second = CliRunner().invoke(train.main, common + ["--kimg", "0.008", "--resume", run_dir])
     assert second.exit_code == 0, second.output
-    resumed = os.path.join(outdir, "00001-shapes-tiny16-gpus1-batch4-gamma1")
+    resumed = os.path.join(outdir, "00001-shapes-tiny16-gpus1-batch4-gamma0.1")
     stats = [json.loads(line) for line in open(os.path.join(resumed, "stats.jsonl"))]
     assert [s["Progress/kimg"]["mean"] for s in stats] == pytest.approx([0.008])
     assert "resuming from" in open(os.path.join(resumed, "log.txt")).read()
-    assert sorted(os.listdir(outdir)) == ["00000-shapes-tiny16-gpus1-batch4-gamma1",
-                                          "00001-shapes-tiny16-gpus1-batch4-gamma1"]
+    assert sorted(os.listdir(outdir)) == ["00000-shapes-tiny16-gpus1-batch4-gamma0.1",
+                                          "00001-shapes-tiny16-gpus1-batch4-gamma0.1"]

@@ -62,7 +62,8 @@ class GSGenerator(nn.Module):
                  channel_min: int = 128, channel_max: int = 512, num_heads: int = 8, num_transformer_layers: int = 6,
                  knn_k: int = 16, start_pe: bool = True, xyz_output_scale: float = 0.1, opacity_init: float = 0.1,
                  scale_clamp_min: float = -8.0, view_dim: int = 32, const_pe_length: int = 512,
-                 ada_max_points_factor: int = 16, bg_num_points: int = 2000, bg_radius: float = 3.0,
+                 ada_max_points_factor: int = 16, head_weight_init: dict | None = None, bg_num_points: int = 2000,
+                 bg_radius: float = 3.0,
                  bg_channels: int = 128, bg_up_ratio: int = 4, bg_scale_init: float = -2.0,
                  bg_percent_dense: float = 0.05, bg_split_ratio: float = 2.0 ** (2.0 / 3.0),
                  bg_scale_clamp_min: float = -10.0, near_plane: float = 0.2, compat: bool = False,
@@ -82,12 +83,16 @@ class GSGenerator(nn.Module):
             channel_base=channel_base, channel_min=channel_min, channel_max=channel_max, num_heads=num_heads,
             num_transformer_layers=num_transformer_layers, knn_k=knn_k, start_pe=start_pe, compat=compat,
             xyz_output_scale=xyz_output_scale, opacity_init=opacity_init, scale_clamp_min=scale_clamp_min,
-            view_dim=view_dim, const_pe_length=const_pe_length, ada_max_points_factor=ada_max_points_factor)
+            view_dim=view_dim, const_pe_length=const_pe_length, ada_max_points_factor=ada_max_points_factor,
+            head_weight_init=head_weight_init)
+        if bg_num_points < 0:
+            raise ValueError(f"GSGenerator: bg_num_points must be >= 0 (0 = no background), got {bg_num_points}")
+        # bg_num_points=0 builds no background at all: for data whose background is empty (the synthetic `shapes`).
         self.background = BackgroundGenerator(
             w_dim=w_dim, num_points=bg_num_points, radius=bg_radius, channels=bg_channels, up_ratio=bg_up_ratio,
             scale_init=bg_scale_init, opacity_init=opacity_init, percent_dense=bg_percent_dense,
-            split_ratio=bg_split_ratio, scale_clamp_min=bg_scale_clamp_min)
-        self.num_ws = self.points.num_ws + 1  # the last w drives the background
+            split_ratio=bg_split_ratio, scale_clamp_min=bg_scale_clamp_min) if bg_num_points > 0 else None
+        self.num_ws = self.points.num_ws + (1 if self.background is not None else 0)  # the last w drives it
         self.mapping_network = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, num_layers=map_depth,
                                               lr_multiplier=map_lr_multiplier, c_scale=c_scale,
                                               w_avg_beta=w_avg_beta, pose_cond=gen_pose_cond)
@@ -96,7 +101,7 @@ class GSGenerator(nn.Module):
     def gaussian_counts(self) -> dict:
         """Gaussians per sample, from the configuration alone (no forward pass)."""
         levels, anchor_levels = list(self.points.level_counts), list(self.points.anchor_counts)
-        background = self.background.num_gaussians
+        background = self.background.num_gaussians if self.background is not None else 0
         return {"levels": levels, "foreground": sum(levels), "anchor_levels": anchor_levels,
                 "anchors": sum(anchor_levels), "background": background, "total": sum(levels) + background}
 
@@ -128,7 +133,7 @@ class GSGenerator(nn.Module):
             view_dir = view_dir.new_tensor([0.0, 0.0, -1.0]).expand_as(view_dir)
         levels, anchors = self.points(ws[:, :self.points.num_ws], view_dir)
         parts = [self._select_foreground(levels, anchors, gp)]
-        if background and not gp.disable_background:
+        if background and not gp.disable_background and self.background is not None:
             parts.append(self.background(ws[:, -1]))
         gaussians = Gaussians.cat(parts)
         out = render(gaussians, cameras, background=None, backend=self.rendering_backend)

@@ -153,8 +153,12 @@ class PointGenerator(nn.Module):
                  compat: bool = False, xyz_output_scale: float = 0.1, opacity_init: float = 0.1,
                  scale_clamp_min: float = -8.0, scale_init: float | None = None, percent_dense: float | None = None,
                  split_ratio: float | None = None, view_dim: int = 32, const_pe_length: int = 512,
-                 ada_max_points_factor: int = 16):
+                 ada_max_points_factor: int = 16, head_weight_init: dict | None = None):
         super().__init__()
+        unknown = sorted(set(head_weight_init or {}) - set(HEAD_DIMS))
+        if unknown:
+            raise ValueError(f"PointGenerator: head_weight_init has unknown head(s) {unknown}; "
+                             f"known: {list(HEAD_DIMS)}")
         if res_end < 8 or res_end & (res_end - 1):
             raise ValueError(f"PointGenerator: res_end must be a power of two >= 8, got {res_end}")
         if num_points < 1 or up_ratio < 2:
@@ -196,9 +200,11 @@ class PointGenerator(nn.Module):
                                     for l in range(1, self.num_levels))
         # Heads; the last level's anchors would be dead (§13 item 14), except level 0 which parents its own render.
         self.view_embed = EqLinear(3, view_dim, activation="lrelu")
-        self.render_heads = nn.ModuleList(GaussianHeads(ch(2 * r), view_dim) for r in res)
+        self.render_heads = nn.ModuleList(GaussianHeads(ch(2 * r), view_dim, head_weight_init)
+                                          for r in res)
         self.num_anchor_levels = max(self.num_levels - 1, 1)
-        self.anchor_heads = nn.ModuleList(GaussianHeads(ch(2 * r)) for r in res[:self.num_anchor_levels])
+        self.anchor_heads = nn.ModuleList(GaussianHeads(ch(2 * r), 0, head_weight_init)
+                                          for r in res[:self.num_anchor_levels])
 
     @property
     def anchor_counts(self) -> list[int]:
