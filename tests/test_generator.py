@@ -354,3 +354,19 @@ def test_no_background_generator():
     assert torch.isfinite(out["image"]).all()
     with pytest.raises(ValueError, match="bg_num_points"):
         GSGenerator(**SMALL, bg_num_points=-1)
+
+
+def test_head_weight_init_scales_the_initial_colour_spread():
+    """head_weight_init={"color": 0.1} shrinks the per-Gaussian colour spread ~10x; unknown heads are refused."""
+    z, c = torch.randn(2, 512, generator=torch.Generator().manual_seed(0)), _labels(2)
+
+    def colour_std(**kwargs):
+        torch.manual_seed(5)
+        G = GSGenerator(**SMALL, bg_num_points=0, **kwargs)
+        with torch.no_grad():
+            return G(z, c)["gaussians"].sh.std().item()
+
+    ratio = colour_std() / colour_std(head_weight_init={"color": 0.1})
+    assert 5.0 < ratio < 20.0, ratio
+    with pytest.raises(ValueError, match="head_weight_init"):
+        GSGenerator(**SMALL, head_weight_init={"colour": 0.1})
