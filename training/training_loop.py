@@ -498,7 +498,11 @@ def training_process(rank: int, world: int, config: TrainConfig, run_dir: str, i
     try:
         trainer = Trainer(config, run_dir, rank, world, device)
         trainer.setup()
-        return trainer.run()
+        result = trainer.run()
+        # Every rank reaches the teardown together: a Gloo peer destroyed while the other still talks aborts the
+        # process ("terminate called without an active exception"), seen once in CI after a successful run.
+        distributed.barrier()
+        return result
     finally:
         if trainer is not None:
             trainer.close()
