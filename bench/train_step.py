@@ -28,7 +28,7 @@ import train  # noqa: E402
 from training.training_loop import Trainer, resolve_device  # noqa: E402
 
 SETUPS = {
-    "shapes": dict(cli=["--cfg", "shapes"], resolution=32),
+    "shapes": dict(cli=["--cfg", "shapes"], resolution=16),
     "ffhq256": dict(cli=["--cfg", "ffhq", "--batch", "32", "--batch-gpu", "32", "--gaussian_num_pts", "256",
                          "--res_end", "128", "--prob_uniform", "0.5"], resolution=256),
 }
