@@ -1,4 +1,5 @@
-"""Small shared helpers: EasyDict, all-or-nothing file writes, a cache directory, cached file/URL opening and logging to console + log.txt.
+"""Small shared helpers: EasyDict, all-or-nothing file writes, a cache directory, cached file/URL opening and
+logging to console + log.txt.
 
 Logging uses the standard `logging` module (logger "gsgan"); sys.stdout is never replaced, so several runs in one
 process (tests) do not leak output into each other's log files.

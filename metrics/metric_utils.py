@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dnnlib import atomic_file
-from tqdm import tqdm
 
 from metrics import detector as detector_lib
 

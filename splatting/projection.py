@@ -29,7 +29,6 @@ EIGEN_FLOOR = 0.01  # floor of the discriminant in the largest-eigenvalue formul
 MAX_RADIUS = 2.0 ** 30  # keeps absurdly large (or overflowed) radii representable as int32
 
 
-
 @dataclass(frozen=True)
 class Projected:
     """2D Gaussians of I = B*C images (image index = b*C + c). Entries with radii == 0 are culled: their other

@@ -258,11 +258,11 @@ CFG_DEFAULTS = {
     "afhq": {"resolution": 512, "gpc_reg_prob": 0.8, "center_dists": 10.0, "prob_uniform": 0.0},
     "shapenet": {"resolution": 128, "gpc_reg_prob": 0.5, "center_dists": 1.0, "prob_uniform": 0.0},
     # `shapes` is tuned for the CPU (the quickstart measures it): 16x16, two levels, no background Gaussians (the data
-    # has none), no D-input blur (its sigma is in pixels of 256-512 px images), R1 gamma near StyleGAN2's
-    # 0.0002 * res^2 / batch rule, twice the official learning rates and near-uniform initial colours.
+    # has none), no D-input blur (its sigma is in pixels of 256-512 px images), a small R1 gamma (the official 1 is
+    # sized for 256-512 px), twice the official learning rates and near-uniform initial colours.
     "shapes": {"resolution": 16, "gpc_reg_prob": 0.5, "center_dists": 1.0, "prob_uniform": 0.5,
                "batch": 8, "kimg": 50.0, "tick": 1.0, "snap": 10, "workers": 1, "blur_fade_kimg": 0.0,
-               "background_kimg": 0.0, "gaussian_num_pts": 64, "res_end": 16, "cbase": 16384, "cmax": 128,
+               "gaussian_num_pts": 64, "res_end": 16, "cbase": 16384, "cmax": 128,
                "gamma": 0.1, "glr": 0.005, "dlr": 0.004,
                "G_extra": {"num_transformer_layers": 2, "num_heads": 4, "bg_num_points": 0,
                            "head_weight_init": {"color": 0.1}},

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from splatting.gaussians import SH_C0
-from splatting.ply import PLY_FRAMES as FRAMES
+from splatting.ply import PLY_FRAMES
 from splatting.projection import covariances3d
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -106,8 +106,8 @@ def make_handler(scene: Scene):
 
 def start_server(path: str, port: int = 8000, frame: str = "opencv") -> tuple[ThreadingHTTPServer, Scene]:
     """Start serving `path` on 127.0.0.1:port (0 = any free port) in a background thread."""
-    if frame not in FRAMES:
-        raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
+    if frame not in PLY_FRAMES:
+        raise ValueError(f"frame must be one of {PLY_FRAMES}, got {frame!r}")
     scene = pack_splats(path, frame)
     server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(scene))
     threading.Thread(target=server.serve_forever, name="gsgan-viewer", daemon=True).start()
