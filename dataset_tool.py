@@ -329,5 +329,195 @@ def contact_sheet(source, dest, count, start, overwrite):
     click.echo(f"wrote {dest}: {len(indices)} images ({rows}x{cols})")
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Multi-view scene datasets for the reconstruction half (pixelSplat chunk format)
+
+
+def check_folder_dest(dest: str, overwrite: bool) -> None:
+    """Refuse before doing any work: an existing file, or an existing folder without --overwrite."""
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise click.ClickException(f"--dest: {dest} is a file, expected a folder")
+    if os.path.exists(dest) and not overwrite:
+        raise click.ClickException(f"--dest: {dest} already exists (pass --overwrite to replace it)")
+
+
+@contextlib.contextmanager
+def atomic_folder(dest: str):
+    """Yields a temporary sibling folder of `dest`; on success it replaces `dest` (any old one is removed only
+    after the swap), on any error it is removed and `dest` is untouched."""
+    import shutil
+
+    dest = os.path.abspath(dest)
+    parent = os.path.dirname(dest)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dest)}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders
+    try:
+        yield tmp
+        old = None
+        if os.path.exists(dest):
+            old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dest)}.", suffix=".old")
+            os.replace(dest, os.path.join(old, "previous"))
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            if old is not None:  # put the previous folder back
+                os.replace(os.path.join(old, "previous"), dest)
+                os.rmdir(old)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _scene_example(result: dict) -> dict:
+    """A chunk example from a render_scene_job result (torch is only needed here, in the main process)."""
+    import torch
+
+    from reconstruction.chunks import pack_cameras
+
+    frames = len(result["images"])
+    return {"key": result["key"], "url": result["url"], "timestamps": torch.arange(frames),
+            "cameras": pack_cameras(torch.from_numpy(result["cam2world"]), torch.from_numpy(result["intrinsics"])),
+            "images": [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in result["images"]]}
+
+
+def _scene_examples(results, bar):
+    """Chunk examples of render results, in order, ticking the progress bar."""
+    for result in results:
+        bar.update(1)
+        yield _scene_example(result)
+
+
+def _write_json(path: str, doc) -> None:
+    import dnnlib
+
+    with dnnlib.atomic_file(path, "w") as handle:
+        json.dump(doc, handle, indent=1)
+        handle.write("\n")
+
+
+@cli.command()
+@click.option("--dest", required=True, metavar="DIR", help="Output folder (train/, test/, evaluation_index.json).")
+@click.option("--train-scenes", type=click.IntRange(min=0), default=300, show_default=True)
+@click.option("--test-scenes", type=click.IntRange(min=0), default=40, show_default=True)
+@click.option("--frames", type=click.IntRange(min=5), default=40, show_default=True, help="Frames per scene.")
+@click.option("--resolution", type=click.IntRange(min=8), default=64, show_default=True,
+              help="Square image size (--width/--height override it).")
+@click.option("--width", type=click.IntRange(min=8), default=None, help="Image width. [default: --resolution]")
+@click.option("--height", type=click.IntRange(min=8), default=None, help="Image height. [default: --resolution]")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default="png", show_default=True,
+              help="Frame encoding.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
+@click.option("--supersample", type=click.IntRange(1, 6), default=3, show_default=True,
+              help="Rays per pixel along each axis (anti-aliasing).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Render processes. [default: min(2, CPUs); 1 for fewer than 20 scenes]")
+@click.option("--overwrite", is_flag=True, help="Replace --dest if it exists.")
+def scenes(dest, train_scenes, test_scenes, frames, resolution, width, height, seed, fmt, quality, supersample,
+           workers, overwrite):
+    """Procedural indoor multi-view scenes (RealEstate10K-like camera paths) in the pixelSplat chunk format.
+
+    Writes DEST/train and DEST/test (chunks + index.json), DEST/evaluation_index.json (2 context views 10-14
+    frames apart, 3 targets between them, per test scene) and DEST/scenes.json (options, near/far, image
+    shape). Every visible surface lies at depth 1-20; use near 1, far 100. Identical options give identical
+    bytes.
+    """
+    from reconstruction import synthetic_scenes as ss
+    from reconstruction.chunks import ChunkError, write_chunks
+
+    check_folder_dest(dest, overwrite)
+    width, height = width or resolution, height or resolution
+    if not 1.0 / ss.MAX_ASPECT <= width / height <= ss.MAX_ASPECT:
+        raise click.ClickException(f"--width/--height: {width}x{height} is more elongated than "
+                                   f"{ss.MAX_ASPECT:g}:1 (not supported by the room generator)")
+    if train_scenes + test_scenes == 0:
+        raise click.ClickException("--train-scenes/--test-scenes: expected at least one scene in total")
+    total = train_scenes + test_scenes
+    if workers is None:
+        workers = 1 if total < 20 else max(1, min(2, os.cpu_count() or 1))
+    jobs = {split: [(seed, split, i, frames, width, height, supersample, fmt, quality) for i in range(count)]
+            for split, count in (("train", train_scenes), ("test", test_scenes))}
+    info = {"generator": "reconstruction.synthetic_scenes", "seed": seed, "frames": frames,
+            "image_shape": [height, width], "format": fmt, "quality": quality if fmt == "jpeg" else None,
+            "supersample": supersample, "scenes": {"train": train_scenes, "test": test_scenes},
+            "near": 1.0, "far": 100.0, "depth_range": [ss.MIN_DEPTH, ss.MAX_DEPTH],
+            "context_gap": list(ss.CONTEXT_GAP)}
+    try:
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(atomic_folder(dest))
+            render = map
+            if workers > 1:
+                render = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers)).imap
+            bar = stack.enter_context(tqdm(total=total, desc="rendering", unit="scene", leave=False))
+            paths = 0
+            for split, split_jobs in jobs.items():
+                if not split_jobs:
+                    continue
+                results = render(ss.render_scene_job, split_jobs, **({"chunksize": 2} if workers > 1 else {}))
+                paths += len(write_chunks(tmp, split, _scene_examples(results, bar)))
+            evaluation = {ss.scene_key(seed, "test", i): ss.evaluation_views(seed, i, frames)
+                          for i in range(test_scenes)}
+            _write_json(os.path.join(tmp, "evaluation_index.json"), evaluation)
+            _write_json(os.path.join(tmp, "scenes.json"), info)
+    except (ss.SceneError, ChunkError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {dest}: {train_scenes} train + {test_scenes} test scenes of {frames} frames at "
+               f"{width}x{height} ({paths} chunk file(s))")
+
+
+@cli.command("convert-views")
+@click.option("--source", required=True, metavar="DIR",
+              help="Folder with transforms.json (NeRF/instant-ngp) or a COLMAP text model (cameras.txt, images.txt).")
+@click.option("--dest", required=True, metavar="ROOT", help="Dataset root to write ROOT/SPLIT/ into.")
+@click.option("--split", default="test", show_default=True, help="Split folder name.")
+@click.option("--key", default=None, help="Scene key. [default: the source folder's name]")
+@click.option("--context", default=None, metavar="I,J", help="Context frames for ROOT/evaluation_index.json.")
+@click.option("--target", default=None, metavar="K,L", help="Target frames for ROOT/evaluation_index.json.")
+@click.option("--overwrite", is_flag=True, help="Replace ROOT/SPLIT (and ROOT/evaluation_index.json) if present.")
+def convert_views(source, dest, split, key, context, target, overwrite):
+    """Posed images of one scene -> one example in the pixelSplat chunk format.
+
+    Frames are ordered by file name (COLMAP) or file order (transforms.json); timestamps are that order.
+    Encoded PNG/JPEG bytes are stored unchanged. Nothing is written if anything is wrong.
+    """
+    import re
+
+    from reconstruction import convert_views as cv
+    from reconstruction.chunks import ChunkError, write_chunks
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", split):
+        raise click.ClickException(f"--split: expected a folder name like test or train, got {split!r}")
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise click.ClickException(f"--dest: {dest} is a file, expected a folder")
+    split_dir = os.path.join(dest, split)
+    index_path = os.path.join(dest, "evaluation_index.json")
+    if os.path.exists(split_dir) and not overwrite:
+        raise click.ClickException(f"--dest: {split_dir} already exists (pass --overwrite to replace it)")
+    if context is not None and os.path.exists(index_path) and not overwrite:
+        raise click.ClickException(f"--dest: {index_path} already exists (pass --overwrite to replace it)")
+    key = key if key is not None else os.path.basename(os.path.normpath(os.path.abspath(source)))
+    try:
+        frames = cv.read_posed_folder(source)
+        entry = cv.evaluation_entry(context, target, len(frames))
+        example = cv.frames_to_example(frames, key)
+    except cv.ConvertViewsError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        with atomic_folder(split_dir) as tmp:
+            write_chunks(os.path.dirname(tmp), os.path.basename(tmp), [example])
+            if entry is not None:
+                _write_json(index_path, {key: entry})
+    except ChunkError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {split_dir}: scene {key!r} with {len(frames)} frames"
+               + (f"; {index_path}" if entry is not None else ""))
+
+
 if __name__ == "__main__":
     cli()  # pylint: disable=no-value-for-parameter
