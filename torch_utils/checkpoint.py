@@ -5,6 +5,11 @@ file: anything that is not a plain gsgan snapshot is refused with SnapshotError.
 Layout (docs/interfaces.md): {"format": "gsgan-snapshot", "version": 1, "G"|"D"|"G_ema"|"augment_pipe":
 {"class", "init_kwargs", "state_dict"} (augment_pipe may be None), "optimizers": {"G", "D"}, "progress": {...},
 "rng": {...}, "options": {...}}.
+
+A second kind, the reconstruction snapshot (reconstruct.py train), shares the safety rules and the class registry:
+{"format": "gsgan-reconstruction-snapshot", "version": 1, "encoder": {"class", "init_kwargs", "state_dict"},
+"optimizer", "scheduler", "progress": {"step", "examples_seen": [per rank]}, "rng": {"ranks": [...]},
+"options": {...}}. Its files are network-snapshot-SSSSSS.pt with SSSSSS = completed optimizer steps.
 """
 from __future__ import annotations
 
@@ -25,7 +30,11 @@ REGISTRY = {
     "GSGenerator": "training.generator:GSGenerator",
     "Discriminator": "training.discriminator:Discriminator",
     "AugmentPipe": "training.augment:AugmentPipe",
+    "CostVolumeEncoder": "reconstruction.encoder:CostVolumeEncoder",
 }
+RECON_FORMAT = "gsgan-reconstruction-snapshot"
+RECON_VERSION = 1
+RECON_KEYS = ("encoder", "optimizer", "scheduler", "progress", "rng", "options")
 SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d+)\.pt$")
 
 
@@ -139,6 +148,8 @@ def read_snapshot_dict(path: str) -> dict:
     except Exception as error:  # noqa: BLE001  arbitrary bytes raise arbitrary errors; nothing was executed
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SnapshotError(f"{path} is not a gsgan snapshot: refused to load it safely ({reason[:200]})") from None
+    if isinstance(data, dict) and data.get("format") == RECON_FORMAT:
+        raise SnapshotError(f"{path} is a reconstruction snapshot (reconstruct.py), not a GSGAN generator snapshot")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SnapshotError(f"{path} is not a gsgan snapshot: missing format marker {FORMAT!r}")
     if data.get("version") != VERSION:
@@ -180,3 +191,103 @@ def resolve_snapshot(path: str) -> str:
     if not os.path.isfile(path):
         raise SnapshotError(f"{path}: no such snapshot file or run directory")
     return path
+
+
+# ---------------------------------------------------------------------------------------------- reconstruction
+def recon_snapshot_filename(step: int) -> str:
+    """network-snapshot-SSSSSS.pt with SSSSSS = completed optimizer steps."""
+    return f"network-snapshot-{int(step):06d}.pt"
+
+
+def _load_weights_only(path: str, what: str):
+    if not os.path.isfile(path):
+        raise SnapshotError(f"{path}: no such {what} file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  arbitrary bytes raise arbitrary errors; nothing was executed
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SnapshotError(f"{path} is not a {what}: refused to load it safely ({reason[:200]})") from None
+
+
+def read_recon_snapshot_dict(path: str) -> dict:
+    """The raw reconstruction snapshot dict (tensors on CPU) after format checks; a GSGAN snapshot or any other
+    file is refused with a SnapshotError saying what it is."""
+    data = _load_weights_only(path, "reconstruction snapshot")
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        raise SnapshotError(f"{path} is a GSGAN (GAN) snapshot, not a reconstruction snapshot (reconstruct.py "
+                            f"train writes those)")
+    if not isinstance(data, dict) or data.get("format") != RECON_FORMAT:
+        raise SnapshotError(f"{path} is not a reconstruction snapshot: missing format marker {RECON_FORMAT!r}")
+    if data.get("version") != RECON_VERSION:
+        raise SnapshotError(f"{path}: unsupported reconstruction snapshot version {data.get('version')!r} "
+                            f"(expected {RECON_VERSION})")
+    missing = [key for key in RECON_KEYS if key not in data]
+    if missing or not isinstance(data["encoder"], dict):
+        raise SnapshotError(f"{path} is not a complete reconstruction snapshot: missing "
+                            f"{', '.join(missing) or 'encoder'}")
+    progress = data["progress"]
+    if not isinstance(progress, dict) or not isinstance(progress.get("step"), int):
+        raise SnapshotError(f"{path}: progress.step missing or not an integer")
+    return data
+
+
+def save_recon_snapshot(path: str, encoder: nn.Module, **extra) -> str:
+    """Write a reconstruction snapshot atomically (extra: optimizer, scheduler, progress, rng, options)."""
+    snapshot = {"format": RECON_FORMAT, "version": RECON_VERSION, "encoder": module_record(encoder)}
+    for key, value in extra.items():
+        if key in snapshot:
+            raise ValueError(f"save_recon_snapshot: extra key {key!r} collides with a reserved key")
+        snapshot[key] = value
+    atomic_torch_save(snapshot, path)
+    return path
+
+
+def load_recon_snapshot(path: str, device="cpu") -> dict:
+    """Snapshot dict with "encoder" rebuilt as a module on `device` (eval mode, requires_grad False)."""
+    data = read_recon_snapshot_dict(path)
+    if data["encoder"].get("class") != "CostVolumeEncoder":
+        raise SnapshotError(f"{path}: encoder is a {data['encoder'].get('class')!r}, expected CostVolumeEncoder")
+    data["encoder"] = build_module(data["encoder"], device=device, what="encoder", path=path)
+    return data
+
+
+def read_state_dict_file(path: str, what: str = "--init") -> dict:
+    """A plain state_dict (torch.load weights_only) from `path`; a reconstruction snapshot gives its encoder's."""
+    data = _load_weights_only(path, "state_dict")
+    if isinstance(data, dict) and data.get("format") == RECON_FORMAT and isinstance(data.get("encoder"), dict):
+        data = data["encoder"].get("state_dict")
+    elif isinstance(data, dict) and data.get("format") == FORMAT:
+        raise SnapshotError(f"{path} ({what}): a GSGAN (GAN) snapshot holds no reconstruction encoder weights")
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                             for k, v in data.items()):
+        raise SnapshotError(f"{path} ({what}): expected a state_dict (a dict of parameter name -> tensor)")
+    return data
+
+
+def check_state_dict(state: dict, module: nn.Module, path: str, what: str = "--init") -> None:
+    """SnapshotError listing missing / unexpected keys and shape mismatches of `state` against `module` (which
+    may live on the meta device: only names and shapes are compared)."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+
+    def listed(names):
+        return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+    problems = []
+    if missing:
+        problems.append(f"missing keys {listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {listed(unexpected)}")
+    if shapes:
+        problems.append("shape mismatch in " + listed([f"{k} {list(state[k].shape)} vs {list(expected[k].shape)}"
+                                                        for k in shapes]))
+    if problems:
+        raise SnapshotError(f"{path} ({what}) does not match {type(module).__name__}: {'; '.join(problems)}")
+
+
+def load_state_dict_file(path: str, module: nn.Module, what: str = "--init") -> None:
+    """Load a plain state_dict file strictly into `module` (one-line SnapshotError on any mismatch)."""
+    state = read_state_dict_file(path, what)
+    check_state_dict(state, module, path, what)
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,162 @@
+"""Evaluation of a reconstruction model on a fixed index (the pixelSplat / MVSplat protocol).
+
+Per scene: PSNR / SSIM / LPIPS-VGG of every target view, averaged over the scene's targets; the Gaussian count;
+seconds for the model + render. In the same pass a baseline that shows, for each target, the context image with
+the nearest frame index unchanged: a model must beat it to have learnt anything about the geometry.
+Scenes are sharded over ranks (the EvaluationSet does that) and the records gathered on rank 0.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import torch
+from torch import Tensor
+
+import dnnlib
+from torch_utils import distributed
+
+METRIC_NAMES = ("psnr", "ssim", "lpips")
+
+
+class EvaluationError(ValueError):
+    """Bad evaluation input (one line naming the option, index file or key)."""
+
+
+def check_num_context(index, num_context: int) -> None:
+    """Every entry of the EvaluationIndex must list at least `num_context` context views."""
+    if num_context < 2:
+        raise EvaluationError(f"--num-context must be >= 2, got {num_context}")
+    for key in index.keys():
+        context, _ = index.views(key)
+        if len(context) < num_context:
+            raise EvaluationError(f"--num-context {num_context}: {index.path}: key {key!r} lists only "
+                                  f"{len(context)} context view(s)")
+
+
+def nearest_context(context_index: Tensor, target_index: Tensor) -> Tensor:
+    """[T] position (into the context views) of the context frame nearest to each target frame; ties go to the
+    earlier context view."""
+    distance = (target_index[:, None] - context_index[None, :]).abs()
+    return distance.argmin(dim=1)
+
+
+def batched(example: dict) -> dict:
+    """An EvaluationSet item with a leading batch dimension of 1 (what the encoder and to_cameras take)."""
+    out = {"key": [example["key"]]}
+    for part in ("context", "target"):
+        out[part] = {name: value[None] for name, value in example[part].items()}
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def evaluate_example(encoder, example: dict, metrics, num_context: int = 2, backend: str = "auto",
+                     device="cpu", save_images: str | None = None) -> dict:
+    """The record of one scene: key, frames, model and baseline metrics (means over targets), counts, time."""
+    from reconstruction.views import batch_to, select_views, to_cameras
+    from splatting import render
+
+    device = torch.device(device)
+    key = example["key"]
+    if example["context"]["image"].shape[0] < num_context:
+        raise EvaluationError(f"--num-context {num_context}: scene {key!r} has only "
+                              f"{example['context']['image'].shape[0]} context view(s)")
+    batch = batch_to(batched(example), device)
+    context = select_views(batch["context"], slice(0, num_context))
+    target = batch["target"]
+    _sync(device)
+    start = time.perf_counter()
+    out = encoder(context)
+    rendered = render(out.gaussians, to_cameras(target), backend=backend)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    gt = target["image"][0]
+    model = metrics(rendered.color[0], gt)
+    nearest = nearest_context(context["index"][0], target["index"][0])
+    baseline = metrics(context["image"][0][nearest], gt)
+    record = {"key": key, "context": context["index"][0].tolist(), "target": target["index"][0].tolist()}
+    for name in METRIC_NAMES:
+        record[name] = float(model[name].double().mean())
+    for name in METRIC_NAMES:
+        record[f"baseline_{name}"] = float(baseline[name].double().mean())
+    record["gaussians"] = int(out.gaussians.num_gaussians)
+    record["seconds"] = seconds
+    if save_images:
+        save_renders(save_images, key, rendered.color[0], record["target"])
+    return record
+
+
+def save_renders(directory: str, key: str, color: Tensor, frames: list[int]) -> None:
+    """DIR/KEY/NNNNNN.png (NNNNNN = target frame index) of the renders [T, 3, H, W], each written atomically."""
+    from PIL import Image
+
+    from torch_utils.misc import images_to_uint8
+
+    folder = os.path.join(directory, key)
+    os.makedirs(folder, exist_ok=True)
+    for pixels, frame in zip(images_to_uint8(color, drange=(0, 1)), frames):
+        with dnnlib.atomic_file(os.path.join(folder, f"{frame:06d}.png")) as handle:
+            Image.fromarray(pixels, "RGB").save(handle, format="PNG")
+
+
+def evaluate(encoder, dataset, metrics, num_context: int = 2, backend: str = "auto", device="cpu", limit=None,
+             progress: bool = False, save_images: str | None = None) -> list[dict]:
+    """Records of this rank's scenes of `dataset` (an EvaluationSet), the first `limit` of them when given."""
+    import tqdm
+
+    count = len(dataset) if limit is None else min(len(dataset), int(limit))
+    if count:  # untimed warm-up (rasterizer extension load, allocator, lazy imports), as MVSplat skips its first
+        evaluate_example(encoder, dataset[0], metrics, num_context, backend, device)
+    records = []
+    for i in tqdm.tqdm(range(count), desc="scenes", unit="scene", disable=not progress, leave=False):
+        records.append(evaluate_example(encoder, dataset[i], metrics, num_context, backend, device, save_images))
+    return records
+
+
+def gather_records(records: list[dict], key_order: list[str]) -> list[dict]:
+    """Every rank's records, on every rank, in `key_order` (the index file's order)."""
+    rank_of = {key: i for i, key in enumerate(key_order)}
+    merged = [r for part in distributed.all_gather_objects(records) for r in part]
+    return sorted(merged, key=lambda r: rank_of.get(r["key"], len(rank_of)))
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def summarize(records: list[dict], snapshot: str = "", split: str = "test") -> dict:
+    """One summary: means of the model and baseline metrics over scenes, counts, time, the snapshot."""
+    summary = {"snapshot": snapshot, "split": split, "num_scenes": len(records)}
+    for name in METRIC_NAMES:
+        summary[name] = _mean(r[name] for r in records)
+    for name in METRIC_NAMES:
+        summary[f"baseline_{name}"] = _mean(r[f"baseline_{name}"] for r in records)
+    summary["psnr_gain_over_baseline"] = summary["psnr"] - summary["baseline_psnr"]
+    summary["seconds_per_scene"] = _mean(r["seconds"] for r in records)
+    counts = sorted({r["gaussians"] for r in records})
+    summary["gaussians_per_scene"] = counts[0] if len(counts) == 1 else _mean(r["gaussians"] for r in records)
+    return summary
+
+
+def _json_safe(record: dict) -> dict:
+    return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def write_jsonl(path: str, records: list[dict]) -> str:
+    """One JSON line per scene, written all-or-nothing."""
+    with dnnlib.atomic_file(path, "w") as handle:
+        for record in records:
+            handle.write(json.dumps(_json_safe(record)) + "\n")
+    return path
+
+
+def summary_line(summary: dict) -> str:
+    return json.dumps(_json_safe(summary))
