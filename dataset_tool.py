@@ -1,4 +1,5 @@
-"""Build and inspect EG3D-format datasets (a .zip of PNGs plus dataset.json with 25-float camera labels).
+"""Build and inspect datasets: EG3D-format image datasets for the GAN (a .zip of PNGs plus dataset.json with 25-float
+camera labels) and pixelSplat-format multi-view scene datasets for reconstruction (ROOT/{train,test}/*.torch chunks).
 
 Examples:
 
@@ -12,6 +13,12 @@ Examples:
   # Validate every image and label; look at a few images.
   python dataset_tool.py info --source data/heads64.zip
   python dataset_tool.py contact-sheet --source data/heads64.zip --dest sheet.png --count 16
+\b
+  # Built-in multi-view scenes for reconstruction (300 + 40 textured rooms at 64x64, chunk format + evaluation index).
+  python dataset_tool.py scenes --dest datasets/scenes64
+\b
+  # Your own posed images (NeRF transforms.json or a COLMAP text model) -> one scene in chunk format.
+  python dataset_tool.py convert-views --source my_scene/ --dest datasets/mine --context 0,8 --target 2,4,6
 
 Outputs are written under a temporary name in the destination folder and renamed at the end, so a failure
 never leaves a partial file behind.
@@ -195,9 +202,9 @@ def _check_resolution(ctx, param, value):
     return value
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, help=__doc__)
 def cli():
-    """Build and inspect EG3D-format datasets."""
+    pass
 
 
 @cli.command()

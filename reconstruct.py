@@ -95,9 +95,9 @@ def parse_model_args(items) -> dict:
     return out
 
 
-@click.group()
+@click.group(help=__doc__)
 def cli():
-    """Feed-forward reconstruction: `train`, `test` (metrics + baseline) and `render` (video + .ply)."""
+    pass
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -107,7 +107,7 @@ def cli():
 @click.option("--experiment", type=click.Choice(list(EXPERIMENTS)), default="scenes", show_default=True,
               help="Preset of data, sampler, model and schedule options.")
 @click.option("--steps", type=click.IntRange(min=1),
-              help="Optimizer steps of the schedule [re10k 300000; scenes 2000].")
+              help="Optimizer steps of the schedule [re10k 300000; scenes 1000].")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
               help="Wall-clock budget: stop with a snapshot when reached (the schedule still spans --steps).")
 @click.option("--batch", type=click.IntRange(min=1), help="Scenes per process per pass [re10k 2; scenes 4].")
@@ -126,7 +126,7 @@ def cli():
               help="Rasterizer backend.")
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers per process [re10k 4; scenes 1].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate [2e-4].")
-@click.option("--lpips-weight", type=click.FloatRange(min=0), help="LPIPS-VGG loss weight [0.05].")
+@click.option("--lpips-weight", type=click.FloatRange(min=0), help="LPIPS-VGG loss weight [re10k 0.05; scenes 0].")
 @click.option("--lpips-after", type=click.IntRange(min=0), default=0, show_default=True,
               help="Use the LPIPS term from this step on.")
 @click.option("--tick-steps", type=click.IntRange(min=1),

@@ -44,6 +44,7 @@ class SamplerOptions(_Config):
     initial_min_gap: int = 25
     initial_max_gap: int = 45
     warmup_steps: int = 150_000
+    uniform_gap: bool = False                       # False: the official sampler (gap = the scheduled minimum)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ EXPERIMENTS = {
         "data.image_shape": (64, 64), "data.near": 1.0, "data.far": 100.0, "data.frame_shape": None,
         "sampler.num_context": 2, "sampler.num_target": 3, "sampler.min_gap": 10, "sampler.max_gap": 14,
         "sampler.initial_min_gap": 6, "sampler.initial_max_gap": 8, "sampler.warmup_steps": 300,
-        "model.preset": "small", "batch_gpu": 4, "accumulate": 1, "steps": 2000, "loss.lpips_weight": 0.05,
+        "sampler.uniform_gap": True,
+        "model.preset": "small", "batch_gpu": 4, "accumulate": 1, "steps": 1000, "loss.lpips_weight": 0.0,
         "tick_steps": 50, "snapshot_ticks": 5, "data.workers": 1, "grid_scenes": 4,
     }},
 }

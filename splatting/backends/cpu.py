@@ -57,6 +57,22 @@ def _clear_stale_lock(build_dir: str) -> None:
         os.remove(path)
 
 
+def _import_prebuilt(name: str, path: str):
+    """Import a finished build directly. The build directory's name already hashes the sources, flags, torch and
+    Python versions, so a library found there is the right one; asking cpp_extension.load instead re-runs ninja,
+    which rebuilds everything (a minute) whenever a different ninja wrote the build log (the venv's and the
+    system's ninja alternate, depending on PATH). None when the file does not import (e.g. a killed link step)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError):
+        return None
+    return module
+
+
 def _build():
     from torch.utils import cpp_extension
 
@@ -79,6 +95,10 @@ def _build():
             lock = os.path.join(build_dir, "lock")
             if os.path.exists(lock) and time.time() - os.path.getmtime(lock) > 600:
                 _clear_stale_lock(build_dir)
+        if prebuilt:
+            module = _import_prebuilt(name, os.path.join(build_dir, f"{name}.so"))
+            if module is not None:
+                return module
         start = time.perf_counter()
         if not prebuilt:
             print("gsgan: building the gsgan CPU rasterizer (one time, about a minute)...", end="",
