@@ -16,6 +16,10 @@ Examples:
 \b
   # The official RE10K configuration (print options and model size only):
   python reconstruct.py train --outdir=runs --data=datasets/re10k --experiment=re10k --gpus=4 --dry-run
+\b
+  # Generative densification: fine-tune a trained run's encoder jointly with a fresh densifier:
+  python reconstruct.py train --outdir=runs --data=datasets/scenes64 --experiment=scenes --densify \\
+      --resume=runs/00000-scenes-scenes64-gpus1-batch4
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from reconstruction.config import BACKENDS, EXPERIMENTS, ConfigError
 def user_errors() -> tuple:
     """The project exceptions that are the user's to fix: shown as one line."""
     from reconstruction.chunks import ChunkError
+    from reconstruction.densify.segment import DensifyError
     from reconstruction.encoder.errors import EncoderError
     from reconstruction.evaluate import EvaluationError
     from reconstruction.metrics import ImageMetricError
@@ -37,7 +42,7 @@ def user_errors() -> tuple:
     from torch_utils.checkpoint import SnapshotError
 
     errors = [ConfigError, ChunkError, EncoderError, EvaluationError, ViewSamplerError, SnapshotError,
-              ImageMetricError]
+              ImageMetricError, DensifyError]
     try:
         from reconstruction.lpips import LPIPSWeightsError
         errors.append(LPIPSWeightsError)
@@ -81,13 +86,13 @@ class IntListType(click.ParamType):
         return values
 
 
-def parse_model_args(items) -> dict:
+def parse_model_args(items, hint: str = "--model-arg") -> dict:
     """--model-arg KEY=VALUE (VALUE as JSON, else a string) -> {KEY: VALUE}."""
     out = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--model-arg")
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=hint)
         try:
             out[key.strip()] = json.loads(text)
         except json.JSONDecodeError:
@@ -133,6 +138,14 @@ def cli():
               help="Steps per tick (log line, grid) [re10k 100; scenes 50].")
 @click.option("--snapshot-ticks", type=click.IntRange(min=0),
               help="Ticks between snapshots, 0 = only at the end [re10k 50; scenes 5].")
+@click.option("--densify", is_flag=True,
+              help="Train with generative densification (encoder + densifier, loss on coarse and fine renders); "
+                   "with --resume of a run without it: fine-tune its encoder from step 0.")
+@click.option("--densify-preset", help="Densifier preset [re10k: re10k; scenes: small].")
+@click.option("--densify-arg", "densify_args", multiple=True, metavar="KEY=VALUE",
+              help="GaussianDensifier constructor override (VALUE as JSON); repeatable.")
+@click.option("--k-num", type=click.IntRange(min=1),
+              help="Gaussians densified per context view [the densifier preset's: re10k 30000; small 1024].")
 @click.option("--desc", default="", help="String appended to the run directory name.")
 @click.option("--dry-run", "-n", is_flag=True, help="Print the resolved options and the model summary, then exit.")
 def train(**opts):
@@ -170,6 +183,16 @@ def build_train_options(opts: dict):
     model_args = parse_model_args(opts["model_args"])
     if model_args:
         overrides["model.overrides"] = model_args
+    densify_given = [name for name, key in (("--densify-preset", "densify_preset"), ("--densify-arg", "densify_args"),
+                                            ("--k-num", "k_num")) if opts.get(key)]
+    if densify_given and not opts.get("densify"):
+        raise click.BadParameter(f"{', '.join(densify_given)} given without --densify", param_hint="--densify")
+    if opts.get("densify"):
+        overrides.update({"densify.enabled": True, "densify.preset": opts.get("densify_preset"),
+                          "densify.k_num": opts.get("k_num")})
+        densify_args = parse_model_args(opts.get("densify_args") or (), hint="--densify-arg")
+        if densify_args:
+            overrides["densify.overrides"] = densify_args
     options = resolve_options(opts["experiment"], overrides)
     options.validate()
     return options
@@ -190,26 +213,64 @@ def build_encoder_meta(options):
         return build_encoder(options)
 
 
+def build_densifier_meta(options, encoder):
+    """The densifier of the options (None when off) for `encoder`, on the meta device when its constructor allows."""
+    import torch
+
+    from reconstruction.loop import build_densifier
+
+    if not options.densify.enabled:
+        return None
+    try:
+        with torch.device("meta"):
+            return build_densifier(options, encoder)
+    except user_errors():
+        raise
+    except Exception:  # noqa: BLE001  a constructor that computes on its tensors: build it for real
+        return build_densifier(options, encoder)
+
+
+def _architecture_diff(saved: dict, current: dict) -> str:
+    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    return ", ".join(f"{k}={saved.get(k)!r} (snapshot) vs {current.get(k)!r}" for k in diff[:6])
+
+
 def precheck_train(options, dry_run: bool) -> None:
-    """Every user error before any process starts: data, model options, --init keys, --resume architecture."""
+    """Every user error before any process starts: data, model options, densifier options and counts, --init
+    keys, --resume architecture."""
     from torch_utils import checkpoint
 
     encoder = build_encoder_meta(options)
+    densifier = build_densifier_meta(options, encoder)
+    if densifier is not None:
+        h, w = options.data.image_shape
+        densifier.counts(options.sampler.num_context, h, w)  # k_num within H*W
     if options.init:
         state = checkpoint.read_state_dict_file(options.init, "--init")
         checkpoint.check_state_dict(state, encoder, options.init, "--init")
     if options.resume:
         path = checkpoint.resolve_snapshot(options.resume)
         data = checkpoint.read_recon_snapshot_dict(path)
-        saved, current = data["encoder"].get("init_kwargs", {}), encoder.init_kwargs
-        diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-        if diff:
-            details = ", ".join(f"{k}={saved.get(k)!r} (snapshot) vs {current.get(k)!r}" for k in diff[:6])
+        details = _architecture_diff(data["encoder"].get("init_kwargs", {}), encoder.init_kwargs)
+        if details:
             raise checkpoint.SnapshotError(f"{path}: --resume of a different architecture: {details}")
+        if densifier is None and data["densifier"] is not None:
+            raise checkpoint.SnapshotError(f"{path}: a run with generative densification; resume it with "
+                                           f"--densify (and its densifier options)")
+        if densifier is not None and data["densifier"] is None:
+            return _precheck_rest(options, dry_run)  # a fine-tune: fresh schedule, any --steps
+        if densifier is not None:
+            details = _architecture_diff(data["densifier"].get("init_kwargs", {}), densifier.init_kwargs)
+            if details:
+                raise checkpoint.SnapshotError(f"{path}: --resume of a different densifier: {details}")
         steps = data["options"].get("steps") if isinstance(data["options"], dict) else None
         if steps != options.steps:
             raise checkpoint.SnapshotError(f"{path}: its schedule spans --steps={steps}, this run asks for "
                                            f"--steps={options.steps}; resume with the same --steps")
+    _precheck_rest(options, dry_run)
+
+
+def _precheck_rest(options, dry_run: bool) -> None:
     if dry_run:
         return
     _check_data_root(options.data.path, "train", "--data")
@@ -245,16 +306,30 @@ def describe(options) -> str:
     from torch_utils import misc
 
     encoder = build_encoder_meta(options)
+    densifier = build_densifier_meta(options, encoder)
     h, w = options.data.image_shape
     v = options.sampler.num_context
-    summary = {"encoder_parameters": misc.count_parameters(encoder),
-               "gaussians_per_scene": int(encoder.gaussians_per_scene(v, h, w)),
+    coarse = int(encoder.gaussians_per_scene(v, h, w))
+    summary = {"encoder_parameters": misc.count_parameters(encoder), "gaussians_per_scene": coarse,
                "context_views": v, "target_views": options.sampler.num_target, "image_shape": [h, w],
                "scenes_per_step": options.examples_per_step, "batch_per_process": options.batch_gpu,
                "accumulate": options.accumulate}
+    tables = [misc.parameter_table(encoder, "CostVolumeEncoder")]
+    counts_line = f"Gaussians per scene: {coarse:,} ({v} views x {h} x {w})"
+    if densifier is not None:
+        counts = densifier.counts(v, h, w)
+        summary.update(densifier_parameters=misc.count_parameters(densifier),
+                       coarse_gaussians_per_scene=coarse, gaussians_per_scene=int(counts["per_scene"]),
+                       k_num=densifier.k_num, densified_per_view=counts["stages"])
+        summary["total_parameters"] = summary["encoder_parameters"] + summary["densifier_parameters"]
+        tables.append(misc.parameter_table(densifier, "GaussianDensifier"))
+        counts_line = (f"Gaussians per scene: {counts['per_scene']:,} after densification ({coarse:,} coarse: "
+                       f"{v} views x {h} x {w}; per view {densifier.k_num:,} selected -> {counts['fine_per_view']:,} "
+                       f"fine + {counts['coarse_kept_per_view']:,} kept)\n"
+                       f"Parameters: encoder {summary['encoder_parameters']:,} + densifier "
+                       f"{summary['densifier_parameters']:,} = {summary['total_parameters']:,}")
     lines = ["Training options:", options.to_json(), "", "Model summary:", json.dumps(summary, indent=2), "",
-             misc.parameter_table(encoder, "CostVolumeEncoder"), "",
-             f"Gaussians per scene: {summary['gaussians_per_scene']:,} ({v} views x {h} x {w})",
+             *[line for table in tables for line in (table, "")], counts_line,
              f"Output directory: {options.outdir} (not created: dry run)"]
     return "\n".join(lines)
 
@@ -320,7 +395,7 @@ def run_test(rank: int, world: int, args: dict) -> list[dict]:
     metrics = ImageMetrics(("vgg",), device=device)
     records = evaluate(snapshot["encoder"], dataset, metrics, num_context=args["num_context"],
                        backend=args["backend"], device=device, progress=rank == 0,
-                       save_images=args.get("save_images"))
+                       save_images=args.get("save_images"), densifier=snapshot.get("densifier"))
     return gather_records(records, index.keys())
 
 
@@ -341,7 +416,9 @@ def _test_worker(rank: int, init_method: str, world: int, args: dict) -> list[di
         distributed.cleanup()
 
 
-@cli.command(help="Evaluate a snapshot: per-scene PSNR / SSIM / LPIPS and the nearest-context baseline.")
+@cli.command(help="Evaluate a snapshot: per-scene PSNR / SSIM / LPIPS and the nearest-context baseline. For a run "
+                  "with generative densification: the fine (method) and coarse figures, and the best-of-both "
+                  "oracle under its own label (it chooses with the targets: not a method number).")
 @click.option("--network", required=True, metavar="PT|DIR", help="Snapshot or run directory (its latest).")
 @click.option("--data", required=True, metavar="DIR", help="Chunk dataset root.")
 @click.option("--index", metavar="JSON", help="Evaluation index [DATA/evaluation_index.json].")
@@ -363,6 +440,8 @@ def test(network, data, index, split, experiment, num_context, gpus, device, lim
     try:
         snapshot_path, snapshot = load_network(network, "cpu")
         image_shape, near, far = view_options(snapshot, experiment)
+        if snapshot.get("densifier") is not None:
+            snapshot["densifier"].counts(num_context, *image_shape)  # k_num within H*W at this image size
         _check_data_root(data, split, "--data")
         index_path = default_index(data, index)
         check_num_context(EvaluationIndex(index_path), num_context)
@@ -399,10 +478,15 @@ def test(network, data, index, split, experiment, num_context, gpus, device, lim
 @click.option("--fps", type=click.FloatRange(min=1), default=30, show_default=True)
 @click.option("--outdir", default="out", show_default=True, metavar="DIR")
 @click.option("--ply/--no-ply", default=True, show_default=True, help="Also write KEY.ply.")
+@click.option("--coarse", is_flag=True,
+              help="Densified snapshot: render the encoder's coarse Gaussians instead of the fine ones.")
+@click.option("--color-by-stage", is_flag=True,
+              help="Densified snapshot: also write KEY-stages.mp4 / .ply, every Gaussian coloured by its stage "
+                   "(unselected coarse grey, stage 1 red, 2 green, 3 blue).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="auto", show_default=True)
 def render(network, data, split, key, index_entry, index, context, experiment, frames, extrapolate, fps, outdir,
-           ply, device, backend):
+           ply, coarse, color_by_stage, device, backend):
     from reconstruction import media
 
     try:
@@ -411,13 +495,20 @@ def render(network, data, split, key, index_entry, index, context, experiment, f
         dev = resolve_device(device)
         snapshot_path, snapshot = load_network(network, dev)
         image_shape, near, far = view_options(snapshot, experiment)
+        densifier = snapshot.get("densifier")
+        if densifier is None and color_by_stage:  # (--coarse of such a snapshot is its only reconstruction)
+            raise click.BadParameter(f"{snapshot_path} was trained without generative densification: it has no "
+                                     f"stages to colour", param_hint="--color-by-stage")
         _check_data_root(data, split, "--data")
         key, context = resolve_render_scene(data, index, key, index_entry, context)
+        if densifier is not None:
+            densifier.counts(len(context), *image_shape)  # k_num within H*W at this image size
         views = media.load_scene_views(data, split, key, context, image_shape, near, far)
         os.makedirs(outdir, exist_ok=True)
         written = media.render_reconstruction(snapshot["encoder"], views, outdir, key, frames=frames,
                                               extrapolate=extrapolate, fps=fps, ply=ply, backend=backend,
-                                              device=dev)
+                                              device=dev, densifier=densifier, coarse=coarse,
+                                              stages=color_by_stage)
     except user_errors() as error:
         raise click.ClickException(str(error)) from None
     for path in written:

@@ -7,7 +7,12 @@ warm-up), and the process peak is reported too; on CUDA it is torch.cuda.max_mem
 procedural rooms (reconstruction.synthetic_scenes), rendered once.
 
 - forward: encoder + rendering of the target views of one scene, no gradients (what `reconstruct.py test` does);
-- train step: forward of a batch, MSE (+ LPIPS-VGG when the preset trains with it), backward, Adam step.
+- train step: forward of a batch, MSE (+ LPIPS-VGG when the preset trains with it), backward, Adam step;
+- the `+densify` setups add generative densification (reconstruction.densify) to the same encoder: the forward is
+  encoder + densifier + rendering of the fine Gaussians at the target views, and its stages are timed apart
+  (selection, decoder, fine render; CUDA synchronized before each timestamp); the small one's train step is the
+  joint encoder + densifier step (loss on coarse and fine renders). The official re10k + densify setup runs one
+  forward (it takes about a minute on 2 CPU cores) and reports its peak memory.
 Writes bench/results/reconstruction-<timestamp>.json with the device, git commit and torch version.
 """
 from __future__ import annotations
@@ -30,10 +35,13 @@ if REPO_ROOT not in sys.path:
 
 from _results import git_commit, write_results  # noqa: E402  (bench/ is the script's directory)
 
-# name -> (encoder preset, image size, context views, target views, train batch or None, LPIPS weight in training)
+# name -> (encoder preset, image size, context views, target views, train batch or None, LPIPS weight in training,
+#          densifier preset or None)
 SETUPS = {
-    "small-64": ("small", 64, 2, 3, 4, 0.0),
-    "re10k-256": ("re10k", 256, 2, 3, None, 0.05),
+    "small-64": ("small", 64, 2, 3, 4, 0.0, None),
+    "re10k-256": ("re10k", 256, 2, 3, None, 0.05, None),
+    "small-64+densify": ("small", 64, 2, 3, 4, 0.0, "small"),
+    "re10k-256+densify": ("re10k", 256, 2, 3, None, 0.05, "re10k"),
 }
 
 
@@ -72,28 +80,53 @@ def _measure(setup: str, device_name: str, threads: int, repeats: int, queue) ->
     from splatting import render
 
     torch.set_num_threads(threads)
-    preset, size, num_context, num_target, train_batch, lpips_weight = SETUPS[setup]
+    preset, size, num_context, num_target, train_batch, lpips_weight, densify_preset = SETUPS[setup]
     device = torch.device(device_name)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     encoder = build_encoder(preset).to(device)
     params = sum(p.numel() for p in encoder.parameters())
+    densifier = None
+    if densify_preset is not None:
+        from reconstruction.densify import build_densifier
+
+        densifier = build_densifier(densify_preset, encoder.feature_dim).to(device)
 
     def peak_bytes() -> int:
         if cuda:
             return torch.cuda.max_memory_allocated(device)
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    def forward(batch: dict):
+    parts: dict[str, list[float]] = {}  # densification stage timings of the timed forwards
+
+    def forward(batch: dict, record: bool = False):
         out = encoder(batch["context"])
-        image = render(out.gaussians, to_cameras(batch["target"])).color
+        if densifier is None:
+            return out, render(out.gaussians, to_cameras(batch["target"])).color
+        dense = densifier(batch["context"], out, profile=True)
+        sync()
+        start = time.perf_counter()
+        image = render(dense.gaussians, to_cameras(batch["target"])).color
+        sync()
+        if record:
+            for name in ("selection", "tokens", "decoder", "union", "total"):
+                parts.setdefault(name, []).append(dense.timings[name])
+            parts.setdefault("render", []).append(time.perf_counter() - start)
         return out, image
 
     result = {"setup": setup, "preset": preset, "resolution": size, "context_views": num_context,
               "target_views": num_target, "parameters": params,
               "gaussians_per_scene": encoder.gaussians_per_scene(num_context, size, size)}
+    if densifier is not None:
+        result.update(densify_preset=densify_preset, encoder_parameters=params,
+                      densifier_parameters=sum(p.numel() for p in densifier.parameters()),
+                      coarse_gaussians_per_scene=result["gaussians_per_scene"],
+                      gaussians_per_scene=densifier.counts(num_context, size, size)["per_scene"])
+        result["parameters"] = params + result["densifier_parameters"]
     one = batch_to(_scene_batch(size, num_context, num_target, 1), device)
-    encoder.eval()
+    modules = [m for m in (encoder, densifier) if m is not None]
+    for m in modules:
+        m.eval()
     with torch.no_grad():
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
@@ -104,26 +137,35 @@ def _measure(setup: str, device_name: str, threads: int, repeats: int, queue) ->
         for _ in range(repeats):
             sync()
             start = time.perf_counter()
-            forward(one)
+            forward(one, record=True)
             sync()
             times.append(time.perf_counter() - start)
     result["forward_sec_per_scene"] = statistics.median(times)
     result["forward_peak_mem_mb"] = (peak_bytes() - base) / 2**20
+    if densifier is not None:
+        result.update({f"densify_{name}_sec": statistics.median(values) for name, values in parts.items()})
 
     if train_batch is not None:
         from reconstruction.loss import ReconstructionLoss
 
-        encoder.train()
+        for m in modules:
+            m.train()
         batch = batch_to(_scene_batch(size, num_context, num_target, train_batch, seed=100), device)
         loss_fn = ReconstructionLoss(lpips_weight=lpips_weight)
-        optimizer = torch.optim.Adam(encoder.parameters(), lr=2e-4)
+        trainable = [p for m in modules for p in m.parameters()]
+        optimizer = torch.optim.Adam(trainable, lr=2e-4)
+        generator = torch.Generator().manual_seed(0)
 
         def step():
             optimizer.zero_grad(set_to_none=True)
-            _, image = forward(batch)
-            loss = loss_fn(image, batch["target"]["image"], step=0)["total"]
+            gt, cameras = batch["target"]["image"], to_cameras(batch["target"])
+            out = encoder(batch["context"])
+            loss = loss_fn(render(out.gaussians, cameras).color, gt, step=0)["total"]
+            if densifier is not None:  # as reconstruction.loop: L(coarse) + L(fine)
+                dense = densifier(batch["context"], out, generator=generator)
+                loss = loss + loss_fn(render(dense.gaussians, cameras).color, gt, step=0)["total"]
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(encoder.parameters(), 0.5)
+            torch.nn.utils.clip_grad_norm_(trainable, 0.5)
             optimizer.step()
 
         if cuda:
@@ -175,14 +217,17 @@ def main(setups, device, threads, repeats):
         click.echo(f"[bench] {name} on {device} ...", err=True)
         rows.append(run_isolated(name, device, threads, repeats if SETUPS[name][0] == "small" else 1))
     mem = "GPU MB" if device == "cuda" else "RSS+ MB"
-    click.echo(f"{'setup':<10} {'params':>11} {'Gaussians':>10} {'fwd s/scene':>12} {'fwd ' + mem:>11} "
-               f"{'train s/step':>16} {'train ' + mem:>13} {'process peak RSS MB':>20}")
+    click.echo(f"{'setup':<18} {'params':>11} {'Gaussians':>10} {'fwd s/scene':>12} {'fwd ' + mem:>11} "
+               f"{'train s/step':>16} {'train ' + mem:>13} {'process peak RSS MB':>20} "
+               f"{'densify select/decoder/render s':>32}")
     for r in rows:
         train = f"{r['train_sec_per_step']:.3f} (B={r['train_batch']})" if "train_sec_per_step" in r else "-"
         train_mem = f"{r['train_peak_mem_mb']:.0f}" if "train_peak_mem_mb" in r else "-"
-        click.echo(f"{r['setup']:<10} {r['parameters']:>11,} {r['gaussians_per_scene']:>10,} "
+        dense = (f"{r['densify_selection_sec']:.3f} / {r['densify_decoder_sec']:.3f} / {r['densify_render_sec']:.3f}"
+                 if "densify_selection_sec" in r else "-")
+        click.echo(f"{r['setup']:<18} {r['parameters']:>11,} {r['gaussians_per_scene']:>10,} "
                    f"{r['forward_sec_per_scene']:>12.3f} {r['forward_peak_mem_mb']:>11.0f} {train:>16} "
-                   f"{train_mem:>13} {r['process_peak_rss_mb']:>20.0f}")
+                   f"{train_mem:>13} {r['process_peak_rss_mb']:>20.0f} {dense:>32}")
     payload = {"benchmark": "reconstruction", "device": device,
                "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.machine(),
                "threads": threads, "load_avg": os.getloadavg(), "results": rows, "git_commit": git_commit(),

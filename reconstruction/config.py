@@ -72,6 +72,17 @@ class LossOptions(_Config):
 
 
 @dataclass(frozen=True)
+class DensifyOptions(_Config):
+    """Generative densification on top of the encoder (reconstruction.densify); off by default, so option files
+    written before it existed load unchanged."""
+
+    enabled: bool = False
+    preset: str = "re10k"                           # reconstruction.densify.DENSIFIER_PRESETS name
+    overrides: dict = field(default_factory=dict)   # further GaussianDensifier keyword arguments
+    k_num: int | None = None                        # Gaussians densified per context view; None = the preset's
+
+
+@dataclass(frozen=True)
 class ReconTrainOptions(_Config):
     version: int = OPTIONS_VERSION
     experiment: str = "re10k"
@@ -95,6 +106,7 @@ class ReconTrainOptions(_Config):
     model: ModelOptions = field(default_factory=ModelOptions)
     optim: OptimOptions = field(default_factory=OptimOptions)
     loss: LossOptions = field(default_factory=LossOptions)
+    densify: DensifyOptions = field(default_factory=DensifyOptions)
 
     def __post_init__(self):
         if self.version != OPTIONS_VERSION:
@@ -140,6 +152,8 @@ class ReconTrainOptions(_Config):
                               f"near {d.near}, far {d.far}")
         if self.loss.lpips_weight < 0 or self.loss.mse_weight < 0 or self.optim.lr <= 0:
             raise ConfigError("--lpips-weight and the MSE weight must be >= 0 and --lr > 0")
+        if self.densify.k_num is not None and self.densify.k_num < 1:
+            raise ConfigError(f"--k-num must be >= 1, got {self.densify.k_num}")
 
 
 # Experiment presets: dotted option paths -> values, applied over the dataclass defaults. `trainable: False` marks
@@ -153,7 +167,7 @@ _RE10K = {
     "sampler.num_context": 2, "sampler.num_target": 4, "sampler.min_gap": 45, "sampler.max_gap": 192,
     "sampler.initial_min_gap": 25, "sampler.initial_max_gap": 45, "sampler.warmup_steps": 150_000,
     "model.preset": "re10k", "batch_gpu": 2, "accumulate": 2, "steps": 300_000, "loss.lpips_weight": 0.05,
-    "tick_steps": 100, "snapshot_ticks": 50, "data.workers": 4,
+    "tick_steps": 100, "snapshot_ticks": 50, "data.workers": 4, "densify.preset": "re10k",
 }
 EXPERIMENTS = {
     "re10k": {"trainable": True, "values": _RE10K},
@@ -167,6 +181,7 @@ EXPERIMENTS = {
         "sampler.uniform_gap": True,
         "model.preset": "small", "batch_gpu": 4, "accumulate": 1, "steps": 1000, "loss.lpips_weight": 0.0,
         "tick_steps": 50, "snapshot_ticks": 5, "data.workers": 1, "grid_scenes": 4,
+        "densify.preset": "small",
     }},
 }
 

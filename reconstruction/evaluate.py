@@ -4,6 +4,12 @@ Per scene: PSNR / SSIM / LPIPS-VGG of every target view, averaged over the scene
 seconds for the model + render. In the same pass a baseline that shows, for each target, the context image with
 the nearest frame index unchanged: a model must beat it to have learnt anything about the geometry.
 Scenes are sharded over ranks (the EvaluationSet does that) and the records gathered on rank 0.
+
+With a densifier (a snapshot trained with generative densification) the method's output is the fine
+(densified) reconstruction: `psnr` / `ssim` / `lpips` are the fine renders' and `coarse_*` the encoder's alone.
+`oracle_best_of_*` is the official "best of coarse and fine" figure: per scene the render with the higher PSNR
+against the ground truth. It looks at the target images to choose, so it is reported only under that label and is
+not a valid method number.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import dnnlib
 from torch_utils import distributed
 
 METRIC_NAMES = ("psnr", "ssim", "lpips")
+ORACLE_NOTE = "uses the target images to choose between coarse and fine; not a valid method number"
 
 
 class EvaluationError(ValueError):
@@ -58,8 +65,10 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def evaluate_example(encoder, example: dict, metrics, num_context: int = 2, backend: str = "auto",
-                     device="cpu", save_images: str | None = None) -> dict:
-    """The record of one scene: key, frames, model and baseline metrics (means over targets), counts, time."""
+                     device="cpu", save_images: str | None = None, densifier=None) -> dict:
+    """The record of one scene: key, frames, model and baseline metrics (means over targets), counts, time.
+    With `densifier`: the fine metrics as the model's, plus coarse_*, oracle_best_of_*, counts per stage and the
+    densification stage's seconds (see the module docstring)."""
     from reconstruction.views import batch_to, select_views, to_cameras
     from splatting import render
 
@@ -74,7 +83,13 @@ def evaluate_example(encoder, example: dict, metrics, num_context: int = 2, back
     _sync(device)
     start = time.perf_counter()
     out = encoder(context)
-    rendered = render(out.gaussians, to_cameras(target), backend=backend)
+    dense = None
+    if densifier is not None:  # timed: encoder + densifier + the fine render (the method); the coarse render below
+        dense = densifier(context, out, backend=backend, profile=True)
+        gaussians = dense.gaussians
+    else:
+        gaussians = out.gaussians
+    rendered = render(gaussians, to_cameras(target), backend=backend)
     _sync(device)
     seconds = time.perf_counter() - start
     gt = target["image"][0]
@@ -86,11 +101,31 @@ def evaluate_example(encoder, example: dict, metrics, num_context: int = 2, back
         record[name] = float(model[name].double().mean())
     for name in METRIC_NAMES:
         record[f"baseline_{name}"] = float(baseline[name].double().mean())
-    record["gaussians"] = int(out.gaussians.num_gaussians)
+    record["gaussians"] = int(gaussians.num_gaussians)
     record["seconds"] = seconds
+    if dense is not None:
+        coarse = metrics(render(out.gaussians, to_cameras(target), backend=backend).color[0], gt)
+        record.update(densify_record(record, {name: float(coarse[name].double().mean()) for name in METRIC_NAMES},
+                                     dense, int(out.gaussians.num_gaussians)))
     if save_images:
         save_renders(save_images, key, rendered.color[0], record["target"])
     return record
+
+
+def densify_record(record: dict, coarse: dict, dense, coarse_gaussians: int) -> dict:
+    """The densification fields of a scene's record: coarse_* metrics, oracle_best_of_* (the render of higher PSNR
+    against the targets, and which one), Gaussians per stage (0 = coarse kept) and the stage's seconds."""
+    out = {f"coarse_{name}": coarse[name] for name in METRIC_NAMES}
+    pick_fine = record["psnr"] >= coarse["psnr"]
+    for name in METRIC_NAMES:
+        out[f"oracle_best_of_{name}"] = record[name] if pick_fine else coarse[name]
+    out["oracle_choice"] = "fine" if pick_fine else "coarse"
+    stage_ids = dense.stage_ids[0]
+    out["gaussians_per_stage"] = torch.bincount(stage_ids.cpu(), minlength=int(stage_ids.max()) + 1).tolist()
+    out["coarse_gaussians"] = coarse_gaussians
+    for part in ("selection", "decoder", "total"):
+        out["densify_seconds" if part == "total" else f"densify_{part}_seconds"] = float(dense.timings[part])
+    return out
 
 
 def save_renders(directory: str, key: str, color: Tensor, frames: list[int]) -> None:
@@ -107,16 +142,17 @@ def save_renders(directory: str, key: str, color: Tensor, frames: list[int]) -> 
 
 
 def evaluate(encoder, dataset, metrics, num_context: int = 2, backend: str = "auto", device="cpu", limit=None,
-             progress: bool = False, save_images: str | None = None) -> list[dict]:
+             progress: bool = False, save_images: str | None = None, densifier=None) -> list[dict]:
     """Records of this rank's scenes of `dataset` (an EvaluationSet), the first `limit` of them when given."""
     import tqdm
 
     count = len(dataset) if limit is None else min(len(dataset), int(limit))
     if count:  # untimed warm-up (rasterizer extension load, allocator, lazy imports), as MVSplat skips its first
-        evaluate_example(encoder, dataset[0], metrics, num_context, backend, device)
+        evaluate_example(encoder, dataset[0], metrics, num_context, backend, device, densifier=densifier)
     records = []
     for i in tqdm.tqdm(range(count), desc="scenes", unit="scene", disable=not progress, leave=False):
-        records.append(evaluate_example(encoder, dataset[i], metrics, num_context, backend, device, save_images))
+        records.append(evaluate_example(encoder, dataset[i], metrics, num_context, backend, device, save_images,
+                                        densifier=densifier))
     return records
 
 
@@ -143,7 +179,26 @@ def summarize(records: list[dict], snapshot: str = "", split: str = "test") -> d
     summary["seconds_per_scene"] = _mean(r["seconds"] for r in records)
     counts = sorted({r["gaussians"] for r in records})
     summary["gaussians_per_scene"] = counts[0] if len(counts) == 1 else _mean(r["gaussians"] for r in records)
+    if records and all("coarse_psnr" in r for r in records):
+        summary.update(summarize_densify(records))
     return summary
+
+
+def summarize_densify(records: list[dict]) -> dict:
+    """The densification part of the summary: coarse means, the labelled oracle, counts per stage, seconds."""
+    out = {f"coarse_{name}": _mean(r[f"coarse_{name}"] for r in records) for name in METRIC_NAMES}
+    out["psnr_gain_over_coarse"] = _mean(r["psnr"] for r in records) - out["coarse_psnr"]
+    for name in METRIC_NAMES:
+        out[f"oracle_best_of_{name}"] = _mean(r[f"oracle_best_of_{name}"] for r in records)
+    out["oracle_fine_chosen"] = sum(r["oracle_choice"] == "fine" for r in records)
+    out["oracle_note"] = ORACLE_NOTE
+    stages = max(len(r["gaussians_per_stage"]) for r in records)
+    per_stage = [[(r["gaussians_per_stage"] + [0] * stages)[s] for r in records] for s in range(stages)]
+    out["gaussians_per_stage"] = [values[0] if len(set(values)) == 1 else _mean(values) for values in per_stage]
+    out["coarse_gaussians_per_scene"] = _mean(r["coarse_gaussians"] for r in records)
+    for key in ("densify_selection_seconds", "densify_decoder_seconds", "densify_seconds"):
+        out[f"{key}_per_scene"] = _mean(r[key] for r in records)
+    return out
 
 
 def _json_safe(record: dict) -> dict:

@@ -6,6 +6,13 @@ all-reduce that also carries the fault / stop / time-up flags, so every rank tak
 SIGTERM finishes the step, writes a snapshot and exits; a non-finite loss or gradient stops with the last good
 snapshot. Resume is exact: a snapshot holds the encoder, Adam and OneCycleLR states, the step, every rank's data
 position (examples consumed) and RNG states, so continuing gives the parameters of an uninterrupted run.
+
+With generative densification on (options.densify), the model is the encoder plus a GaussianDensifier trained
+jointly: the targets are rendered from the coarse (encoder) and from the densified Gaussians and the loss is the
+sum of both (MSE + LPIPS each), as the official GDM scene model. The densifier's random choices (order shuffles,
+stochastic depth) come from a CPU generator seeded by (seed, rank, step, pass), so resume stays exact. `--densify
+--resume BASE` with BASE a snapshot of a run without densification is a fine-tune: the encoder weights are loaded,
+the densifier, optimizer and schedule start fresh at step 0.
 """
 from __future__ import annotations
 
@@ -63,6 +70,34 @@ def build_encoder(options: ReconTrainOptions):
     return build(options.model.preset, **options.model.overrides)
 
 
+def build_densifier(options: ReconTrainOptions, encoder):
+    """The GaussianDensifier of options.densify for `encoder` (None when densification is off): preset +
+    overrides + k_num. DensifyError naming both numbers when the preset's feature width or SH degree differs from
+    the encoder's."""
+    d = options.densify
+    if not d.enabled:
+        return None
+    from reconstruction.densify import DensifyError, build_densifier as build  # noqa: deferred
+
+    overrides = dict(d.overrides)
+    if d.k_num is not None:
+        overrides["k_num"] = d.k_num
+    densifier = build(d.preset, int(encoder.feature_dim), **overrides)
+    if densifier.sh_degree != encoder.sh_degree:
+        raise DensifyError(f"densifier preset {d.preset!r}: built for sh_degree={densifier.sh_degree}, but the "
+                           f"encoder predicts sh_degree={encoder.sh_degree}; use the matching preset or "
+                           f"--densify-arg sh_degree={encoder.sh_degree}")
+    return densifier
+
+
+def densify_generator(seed: int, rank: int, step: int, round_index: int) -> torch.Generator:
+    """The CPU generator of one forward pass's densifier randomness: a pure function of (seed, rank, step, pass),
+    so a resumed run draws exactly what the uninterrupted one drew."""
+    text = f"gsgan-densify:{int(seed)}:{int(rank)}:{int(step)}:{int(round_index)}".encode()
+    value = int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & (2**63 - 1)
+    return torch.Generator().manual_seed(value)
+
+
 def build_schedule(optimizer: torch.optim.Optimizer, options: ReconTrainOptions):
     """OneCycleLR as the official MVSplat: over steps + 10, pct_start 0.01, cosine, no momentum cycling."""
     o = options.optim
@@ -97,6 +132,7 @@ class ReconTrainer:
         self.last_good: tuple | None = None
         self.resume_rng = None
         self.grid_batch = None
+        self.densifier = None
         self.skipped_total: dict[str, int] = {}
         misc.set_seed(options.seed, rank, world)
 
@@ -106,8 +142,14 @@ class ReconTrainer:
         if self.opts.init:
             checkpoint.load_state_dict_file(self.opts.init, self.encoder, what="--init")
             self.log.info(f"initialized the encoder from {self.opts.init}")
+        self.densifier = build_densifier(self.opts, self.encoder)
         distributed.broadcast_module(self.encoder)
-        self.params = [p for p in self.encoder.parameters() if p.requires_grad]
+        modules = [self.encoder]
+        if self.densifier is not None:
+            self.densifier = self.densifier.to(self.device).train()
+            distributed.broadcast_module(self.densifier)
+            modules.append(self.densifier)
+        self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=self.opts.optim.lr)
         self.scheduler = build_schedule(self.optimizer, self.opts)
         lo = self.opts.loss
@@ -142,6 +184,14 @@ class ReconTrainer:
         path = checkpoint.resolve_snapshot(path)
         data = checkpoint.read_recon_snapshot_dict(path)
         checkpoint.load_into(self.encoder, data["encoder"], path, "encoder")
+        if self.densifier is not None and data["densifier"] is None:
+            self._start_fine_tune(path)
+            return
+        if self.densifier is None and data["densifier"] is not None:
+            raise checkpoint.SnapshotError(f"{path}: a run with generative densification; resume it with "
+                                           f"--densify (and its densifier options)")
+        if self.densifier is not None:
+            checkpoint.load_into(self.densifier, data["densifier"], path, "densifier")
         saved_steps = data["options"].get("steps") if isinstance(data["options"], dict) else None
         if saved_steps != self.opts.steps:
             raise checkpoint.SnapshotError(f"{path}: its schedule spans --steps={saved_steps}, this run has "
@@ -164,6 +214,12 @@ class ReconTrainer:
         self.resumed_from = path
         self.log.info(f"resuming from {path} at step {self.step}")
 
+    def _start_fine_tune(self, path: str) -> None:
+        """--densify --resume of a run without densification: its encoder weights (already loaded, strictly)
+        and nothing else; the densifier, optimizer, schedule, data position and RNGs start fresh at step 0."""
+        self.log.info(f"fine-tuning with generative densification: encoder weights from {path} (a run without "
+                      f"densification); fresh densifier, optimizer and schedule from step 0 of {self.opts.steps}")
+
     # ------------------------------------------------------------------------------------------ state
     def payload(self) -> dict | None:
         """Everything a snapshot holds, as CPU copies frozen in time (rank 0; None elsewhere). Every rank must
@@ -175,6 +231,7 @@ class ReconTrainer:
         return {
             "format": checkpoint.RECON_FORMAT, "version": checkpoint.RECON_VERSION,
             "encoder": checkpoint.module_record(self.encoder),
+            "densifier": None if self.densifier is None else checkpoint.module_record(self.densifier),
             "optimizer": misc.cpu_copy(self.optimizer.state_dict()),
             "scheduler": misc.cpu_copy(self.scheduler.state_dict()),
             "progress": {"step": self.step, "tick": self.tick,
@@ -218,16 +275,56 @@ class ReconTrainer:
         rendered = render(out.gaussians, to_cameras(batch["target"]), backend=self.opts.model.backend)
         return out, rendered
 
+    def densify_forward(self, batch: dict, generator: torch.Generator | None):
+        """(encoder output, coarse render, DensifyOutput, fine render) of the target views."""
+        from reconstruction.views import to_cameras
+        from splatting import render
+
+        out, coarse = self.forward(batch)
+        dense = self.densifier(batch["context"], out, generator=generator, backend=self.opts.model.backend)
+        fine = render(dense.gaussians, to_cameras(batch["target"]), backend=self.opts.model.backend)
+        return out, coarse, dense, fine
+
+    def _densify_pass(self, batch: dict, round_index: int):
+        """Loss terms of one forward pass with densification: L(coarse) + L(fine), statistics reported."""
+        from reconstruction.metrics import psnr
+
+        generator = densify_generator(self.opts.seed, self.rank, self.step, round_index)
+        _, coarse, dense, fine = self.densify_forward(batch, generator)
+        gt = batch["target"]["image"]
+        terms = {"coarse": self.loss(coarse.color, gt, self.step), "fine": self.loss(fine.color, gt, self.step)}
+        for part, values in terms.items():
+            for name in ("mse", "lpips"):
+                if name in values:
+                    self.stats.report(f"Loss/{part}/{name}", values[name].detach())
+        self.stats.report("Densify/gaussians", float(dense.gaussians.num_gaussians))
+        self.stats.report("Timing/densify_sec", dense.timings["total"])
+        with torch.no_grad():
+            self.stats.report("Metrics/psnr_coarse", psnr(coarse.color.flatten(0, 1), gt.flatten(0, 1)))
+            self.stats.report("Metrics/psnr_fine", psnr(fine.color.flatten(0, 1), gt.flatten(0, 1)))
+        return terms["coarse"]["total"] + terms["fine"]["total"]
+
     def train_step(self, deadline: float | None) -> tuple[bool, bool]:
         """One optimizer step over `accumulate` forward passes. Returns (stop requested, time is up)."""
         from reconstruction.metrics import psnr
 
         start = time.time()
         self.encoder.train()
+        if self.densifier is not None:
+            self.densifier.train()
         self.optimizer.zero_grad(set_to_none=True)
         rounds, bad_loss = self.opts.accumulate, False
-        for _ in range(rounds):
+        for round_index in range(rounds):
             batch = self.next_batch()
+            if self.densifier is not None:
+                total = self._densify_pass(batch, round_index)
+                if self.step == self.opts.debug_nan_at_step:
+                    total = total * float("nan")
+                bad_loss |= not bool(torch.isfinite(total))
+                (total / rounds).backward()
+                self.examples_seen += len(batch["key"])
+                self.stats.report("Loss/total", total.detach())
+                continue
             _, rendered = self.forward(batch)
             gt = batch["target"]["image"]
             terms = self.loss(rendered.color, gt, self.step)
@@ -245,6 +342,12 @@ class ReconTrainer:
                 self.stats.report("Metrics/psnr_train", psnr(rendered.color.flatten(0, 1), gt.flatten(0, 1)))
         time_up = deadline is not None and time.time() >= deadline
         flags = torch.tensor([float(bad_loss), float(self.stop_signal is not None), float(time_up)])
+        if self.densifier is not None and self.world > 1:
+            # A parameter left out of a pass on one rank only (e.g. by stochastic depth) must still take part in
+            # the all-reduce, or the flattened gradients of the ranks would not line up.
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
         params = [p for p in self.params if p.grad is not None]
         reduced, finite = distributed.average_gradients(params, extra=flags)
         loss_bad, stop, time_up = (float(v) > 0 for v in reduced.tolist())
@@ -309,7 +412,10 @@ class ReconTrainer:
                            rank_digests=self.check_rank_consistency())
 
     def state_digest(self) -> str:
-        per_tensor = misc.state_digests({"encoder": self.encoder})
+        modules = {"encoder": self.encoder}
+        if self.densifier is not None:
+            modules["densifier"] = self.densifier
+        per_tensor = misc.state_digests(modules)
         return hashlib.sha256("".join(f"{k}={v};" for k, v in sorted(per_tensor.items())).encode()).hexdigest()
 
     def check_rank_consistency(self) -> tuple:
@@ -367,24 +473,38 @@ class ReconTrainer:
     # ------------------------------------------------------------------------------------------ maintenance
     @torch.no_grad()
     def save_grid(self, path: str) -> None:
-        """Rows = the first batch's scenes; columns = context views | first target | its render | its depth."""
+        """Rows = the first batch's scenes; columns = context views | first target | its render | its depth.
+        With densification: context views | target | coarse render | fine render | selected | fine depth, where
+        `selected` is the first context view dimmed with the pixels of its selected Gaussians in red."""
         from reconstruction.views import batch_to, select_views
 
         if self.grid_batch is None:
             return
         batch = batch_to(self.grid_batch, self.device)
         batch["target"] = select_views(batch["target"], slice(0, 1))
-        was_training = self.encoder.training
-        self.encoder.eval()
+        modules = [m for m in (self.encoder, self.densifier) if m is not None]
+        was_training = [m.training for m in modules]
+        for m in modules:
+            m.eval()
         try:
-            _, rendered = self.forward(batch)
+            if self.densifier is None:
+                _, rendered = self.forward(batch)
+            else:
+                _, coarse, dense, rendered = self.densify_forward(batch, None)
         finally:
-            self.encoder.train(was_training)
+            for m, mode in zip(modules, was_training):
+                m.train(mode)
         context = batch["context"]["image"].cpu()                        # [n, V, 3, H, W]
         target = batch["target"]["image"][:, 0].cpu()                     # [n, 3, H, W]
         color = rendered.color[:, 0].clamp(0, 1).cpu()
         depth = depth_to_unit(rendered.depth[:, 0], rendered.alpha[:, 0]).expand(-1, 3, -1, -1)
-        cells = torch.cat([context, target[:, None], color[:, None], depth[:, None]], dim=1)  # [n, V + 3, ...]
+        columns = [context, target[:, None]]
+        if self.densifier is not None:
+            selected = selection_overlay(context[:, 0], dense.selection.index[:, 0].cpu())
+            columns += [coarse.color[:, 0].clamp(0, 1).cpu()[:, None], color[:, None], selected[:, None]]
+        else:
+            columns.append(color[:, None])
+        cells = torch.cat(columns + [depth[:, None]], dim=1)             # [n, V + 3 (+ 2), ...]
         rows, cols = cells.shape[:2]
         misc.save_image_grid(cells.flatten(0, 1), path, (cols, rows), drange=(0, 1))
 
@@ -398,6 +518,11 @@ class ReconTrainer:
         self.log.info(f"data: {d.path} (train split, {h}x{w}, near {d.near:g}, far {d.far:g}); {self.world} "
                       f"process(es) on {self.device}")
         self.log.info(misc.parameter_table(self.encoder, "CostVolumeEncoder"))
+        if self.densifier is not None:
+            self.log.info(misc.parameter_table(self.densifier, "GaussianDensifier"))
+            coarse, count = count, self.densifier.counts(o.sampler.num_context, h, w)["per_scene"]
+            self.log.info(f"generative densification: preset {o.densify.preset!r}, k_num {self.densifier.k_num} "
+                          f"per view; {coarse:,} coarse -> {count:,} Gaussians per scene")
         self.log.info(f"Gaussians per scene: {count:,}; batch {o.batch_gpu} x {o.accumulate} accumulation x "
                       f"{self.world} process(es) = {o.examples_per_step} scenes per step")
         self.log.info(f"training for {o.steps} steps from step {self.step}"
@@ -423,6 +548,18 @@ class ReconTrainer:
         dnnlib.close_logging()
 
 
+def selection_overlay(image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """image [n, 3, H, W] dimmed to half brightness, with the pixels of the selected Gaussians `index` [n, K]
+    (into the view's H*W pixels, row-major: the encoder's layout) set to pure red."""
+    n, _, h, w = image.shape
+    out = image.clone() * 0.5
+    mask = torch.zeros(n, h * w, dtype=torch.bool)
+    mask.scatter_(1, index.long() % (h * w), True)
+    mask = mask.reshape(n, 1, h, w)
+    red = torch.tensor([1.0, 0.0, 0.0]).reshape(1, 3, 1, 1).expand_as(out)
+    return torch.where(mask, red, out)
+
+
 def format_tick_line(stats: dict) -> str:
     """One console/log line per tick."""
     def get(name):
@@ -435,8 +572,12 @@ def format_tick_line(stats: dict) -> str:
             f"time {int(total // 3600)}h{int(total % 3600 // 60):02d}m{int(total % 60):02d}s  "
             f"sec/step {get('Timing/sec_per_step'):<6.3f} maintenance {get('Timing/maintenance_sec'):<5.1f} "
             f"cpumem {get('Resources/cpu_mem_gb'):.2f} gpumem {get('Resources/peak_gpu_mem_gb'):.2f}  "
-            f"lr {get('Progress/lr'):.2e} loss {get('Loss/total'):.4f} mse {get('Loss/mse'):.5f} "
-            f"lpips {get('Loss/lpips'):.4f} psnr {get('Metrics/psnr_train'):.2f} skipped {int(round(skipped))}")
+            f"lr {get('Progress/lr'):.2e} loss {get('Loss/total'):.4f} " + (
+                f"mse {get('Loss/mse'):.5f} lpips {get('Loss/lpips'):.4f} psnr {get('Metrics/psnr_train'):.2f} "
+                if "Metrics/psnr_fine" not in stats else
+                f"mse coarse {get('Loss/coarse/mse'):.5f} fine {get('Loss/fine/mse'):.5f} psnr coarse "
+                f"{get('Metrics/psnr_coarse'):.2f} fine {get('Metrics/psnr_fine'):.2f} densify "
+                f"{get('Timing/densify_sec'):.3f}s ") + f"skipped {int(round(skipped))}")
 
 
 # ---------------------------------------------------------------------------------------------- launching

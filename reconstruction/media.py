@@ -3,6 +3,10 @@ depth side by side in an H.264 mp4, and the predicted Gaussians as a 3DGS .ply.
 
 The path interpolates the first two context cameras: positions linearly, rotations by quaternion slerp,
 intrinsics linearly, at t = -extrapolate .. 1 + extrapolate (t = 0 and t = 1 are the context cameras).
+
+With a densifier the video and .ply show the fine (densified) reconstruction, unless the coarse one is asked
+for; a stage-coloured copy (unselected coarse Gaussians grey, leaves of stage 1 red, 2 green, 3 blue) shows where
+the model densified.
 """
 from __future__ import annotations
 
@@ -100,6 +104,26 @@ def write_reconstruction_ply(path: str, gaussians) -> str:
     return path
 
 
+# Colours of the Gaussians by densification stage: index 0 = unselected coarse, l = leaves of stage l.
+STAGE_COLORS = ((0.5, 0.5, 0.5), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 0.0),
+                (1.0, 0.0, 1.0), (0.0, 1.0, 1.0))
+
+
+def color_by_stage(gaussians, stage_ids: Tensor):
+    """Gaussians [B, N] with every one's colour set to STAGE_COLORS[stage] (view-independent: SH DC =
+    (colour - 0.5) / SH_C0, the higher coefficients zero); geometry and opacity unchanged."""
+    from splatting.sh import SH_C0
+
+    if int(stage_ids.max()) >= len(STAGE_COLORS):
+        raise ValueError(f"color_by_stage: {int(stage_ids.max())} stages, colours for at most "
+                         f"{len(STAGE_COLORS) - 1}")
+    palette = torch.tensor(STAGE_COLORS, dtype=gaussians.sh.dtype, device=gaussians.sh.device)
+    sh = torch.zeros_like(gaussians.sh)
+    sh[:, :, 0] = (palette[stage_ids.to(gaussians.sh.device)] - 0.5) / SH_C0
+    return type(gaussians)(means=gaussians.means, log_scales=gaussians.log_scales, quats=gaussians.quats,
+                           opacity_logits=gaussians.opacity_logits, sh=sh)
+
+
 def load_scene_views(root: str, split: str, key: str, frames, image_shape, near: float, far: float) -> dict:
     """VIEWS (reconstruction.views layout, no batch dimension) of frames `frames` of scene `key`; a ChunkError
     names the dataset, key and frame when the key or a frame does not exist."""
@@ -127,18 +151,33 @@ def load_scene_views(root: str, split: str, key: str, frames, image_shape, near:
 @torch.no_grad()
 def render_reconstruction(encoder, views: dict, outdir: str, name: str, frames: int = 120,
                           extrapolate: float = 0.25, fps: float = 30, ply: bool = True, backend: str = "auto",
-                          device="cpu") -> list[str]:
+                          device="cpu", densifier=None, coarse: bool = False, stages: bool = False) -> list[str]:
     """Reconstruct from `views` (unbatched context VIEWS), write NAME.mp4 (colour | depth along the path through
-    the first two context cameras) and NAME.ply; returns the written paths."""
+    the first two context cameras) and NAME.ply; returns the written paths. With `densifier`: of the fine
+    Gaussians (coarse=True: the encoder's), and with stages=True also NAME-stages.mp4 / NAME-stages.ply coloured
+    by densification stage."""
     from reconstruction.views import views_to
 
+    if stages and densifier is None:
+        raise ValueError("--color-by-stage needs a snapshot trained with generative densification")
     context = views_to({k: v[None] for k, v in views.items()}, device)
     out = encoder(context)
+    gaussians, dense = out.gaussians, None
+    if densifier is not None and (stages or not coarse):
+        dense = densifier(context, out, backend=backend)
+        if not coarse:
+            gaussians = dense.gaussians
     height, width = views["image"].shape[-2:]
     c2w, intrinsics = interpolate_cameras(views["extrinsics"][0], views["extrinsics"][1], views["intrinsics"][0],
                                           views["intrinsics"][1], frames, extrapolate)
-    color, depth, alpha = render_path(out.gaussians, c2w, intrinsics, int(width), int(height), backend=backend)
-    written = [write_video(os.path.join(outdir, f"{name}.mp4"), side_by_side_frames(color, depth, alpha), fps)]
-    if ply:
-        written.append(write_reconstruction_ply(os.path.join(outdir, f"{name}.ply"), out.gaussians))
+    outputs = [(name, gaussians)]
+    if stages:
+        outputs.append((f"{name}-stages", color_by_stage(dense.gaussians, dense.stage_ids)))
+    written = []
+    for stem, splats in outputs:
+        color, depth, alpha = render_path(splats, c2w, intrinsics, int(width), int(height), backend=backend)
+        written.append(write_video(os.path.join(outdir, f"{stem}.mp4"), side_by_side_frames(color, depth, alpha),
+                                   fps))
+        if ply:
+            written.append(write_reconstruction_ply(os.path.join(outdir, f"{stem}.ply"), splats))
     return written

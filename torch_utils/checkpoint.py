@@ -9,7 +9,9 @@ Layout (docs/interfaces.md): {"format": "gsgan-snapshot", "version": 1, "G"|"D"|
 A second kind, the reconstruction snapshot (reconstruct.py train), shares the safety rules and the class registry:
 {"format": "gsgan-reconstruction-snapshot", "version": 1, "encoder": {"class", "init_kwargs", "state_dict"},
 "optimizer", "scheduler", "progress": {"step", "examples_seen": [per rank]}, "rng": {"ranks": [...]},
-"options": {...}}. Its files are network-snapshot-SSSSSS.pt with SSSSSS = completed optimizer steps.
+"options": {...}, "densifier": {"class", "init_kwargs", "state_dict"} or None (absent in snapshots written before
+generative densification: read as None)}. Its files are network-snapshot-SSSSSS.pt with SSSSSS = completed
+optimizer steps.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ REGISTRY = {
     "Discriminator": "training.discriminator:Discriminator",
     "AugmentPipe": "training.augment:AugmentPipe",
     "CostVolumeEncoder": "reconstruction.encoder:CostVolumeEncoder",
+    "GaussianDensifier": "reconstruction.densify.model:GaussianDensifier",
 }
 RECON_FORMAT = "gsgan-reconstruction-snapshot"
 RECON_VERSION = 1
@@ -228,12 +231,16 @@ def read_recon_snapshot_dict(path: str) -> dict:
     progress = data["progress"]
     if not isinstance(progress, dict) or not isinstance(progress.get("step"), int):
         raise SnapshotError(f"{path}: progress.step missing or not an integer")
+    data.setdefault("densifier", None)
+    if data["densifier"] is not None and not isinstance(data["densifier"], dict):
+        raise SnapshotError(f"{path}: densifier must be a module record or None")
     return data
 
 
-def save_recon_snapshot(path: str, encoder: nn.Module, **extra) -> str:
+def save_recon_snapshot(path: str, encoder: nn.Module, densifier: nn.Module | None = None, **extra) -> str:
     """Write a reconstruction snapshot atomically (extra: optimizer, scheduler, progress, rng, options)."""
-    snapshot = {"format": RECON_FORMAT, "version": RECON_VERSION, "encoder": module_record(encoder)}
+    snapshot = {"format": RECON_FORMAT, "version": RECON_VERSION, "encoder": module_record(encoder),
+                "densifier": None if densifier is None else module_record(densifier)}
     for key, value in extra.items():
         if key in snapshot:
             raise ValueError(f"save_recon_snapshot: extra key {key!r} collides with a reserved key")
@@ -243,11 +250,16 @@ def save_recon_snapshot(path: str, encoder: nn.Module, **extra) -> str:
 
 
 def load_recon_snapshot(path: str, device="cpu") -> dict:
-    """Snapshot dict with "encoder" rebuilt as a module on `device` (eval mode, requires_grad False)."""
+    """Snapshot dict with "encoder" (and "densifier" when the run densified; else None) rebuilt as modules on
+    `device` (eval mode, requires_grad False)."""
     data = read_recon_snapshot_dict(path)
-    if data["encoder"].get("class") != "CostVolumeEncoder":
-        raise SnapshotError(f"{path}: encoder is a {data['encoder'].get('class')!r}, expected CostVolumeEncoder")
-    data["encoder"] = build_module(data["encoder"], device=device, what="encoder", path=path)
+    for key, expected in (("encoder", "CostVolumeEncoder"), ("densifier", "GaussianDensifier")):
+        record = data[key]
+        if record is None:
+            continue
+        if record.get("class") != expected:
+            raise SnapshotError(f"{path}: {key} is a {record.get('class')!r}, expected {expected}")
+        data[key] = build_module(record, device=device, what=key, path=path)
     return data
 
 

@@ -7,8 +7,9 @@ equal counts per cloud). Stage l, with grid size g_l = grid_size / 2^l:
   (b) transformer blocks (PTv3): CPE = submanifold conv + Linear + LayerNorm as a residual, pre-norm serialized
       patch attention (block i uses serialization order i), pre-norm 4x GELU MLP, stochastic depth;
   (c) up-sampling by r_l (upsample.ChildUpsampler): children in a box of half-size c * g_l around the parent;
-  (d) Gaussian head (Linear, GELU, Linear): each child's raw attributes = its parent's raw attributes + the head's
-      prediction, position = parent position + offset;
+  (d) Gaussian head (Linear, GELU, Linear): each child's raw attributes = its parent's raw attributes (opacity
+      split among the r children: see split_opacity_logit) + the head's prediction, position = parent position +
+      offset;
   (e) mask: an MLP score per child; the top non_leaf_ratio of each cloud continue to stage l + 1, the rest are
       leaves, output at this stage. The continuing children's features are multiplied by the straight-through
       mask (value 1, gradient of the per-cloud softmax of the scores), so the render loss reaches the scorer
@@ -19,7 +20,9 @@ Our parameterization of (d): "raw" means splatting.Gaussians' stored world-frame
 opacity logit, SH), and the base is the parent's raw values from the first stage on (the coarse Gaussian at stage
 0). The official code instead predicts stage 0's attributes outright and runs them through the MVSplat adapter
 (camera-relative scales, rotations and SH); our residual form needs no camera, and with the head's last layer
-zero-initialized every child starts as a copy of its parent at its offset position. Stochastic-depth rates follow
+zero-initialized every child starts as a copy of its parent at its offset position, with the parent's opacity split
+so that the union of its rendered descendants lets through what the parent let through: the fine render starts
+(almost: only the Gaussian fall-off differs) where the coarse render is, instead of over-accumulating copies. Stochastic-depth rates follow
 the official decoder: linspace(0, drop_path, blocks) reversed (the first block drops the most), each stage's
 up-sampling using its last block's rate.
 """
@@ -50,6 +53,26 @@ def raw_attributes(gaussians: Gaussians) -> Tensor:
     b, n = gaussians.batch_size, gaussians.num_gaussians
     return torch.cat([gaussians.log_scales, gaussians.quats, gaussians.opacity_logits[..., None],
                       gaussians.sh.reshape(b, n, -1)], dim=-1)
+
+
+OPACITY_INDEX = 7  # position of the opacity logit in the raw attributes
+
+
+def split_opacity_logit(logit: Tensor, parts: int) -> Tensor:
+    """Logit of the opacity 1 - (1 - a)^(1/parts) of each of `parts` children of a Gaussian of opacity
+    a = sigmoid(logit): stacked at one place they let through (1 - a) like their parent, so a tree of split
+    Gaussians covers what its root covered and the densified render starts where the coarse one is.
+    Computed in log space: log(1 - a) = logsigmoid(-logit)."""
+    log_keep = torch.nn.functional.logsigmoid(-logit) / parts      # log of each child's (1 - opacity), < 0
+    return torch.log(-torch.expm1(log_keep)) - log_keep
+
+
+def split_raw(raw: Tensor, parts: int) -> Tensor:
+    """Parent raw attributes [M, A] -> the base of each of its `parts` children [M * parts, A] (repeat, with the
+    opacity logit split)."""
+    base = raw.clone()
+    base[:, OPACITY_INDEX] = split_opacity_logit(raw[:, OPACITY_INDEX], parts)
+    return base.repeat_interleave(parts, dim=0)
 
 
 def gaussians_from_raw(means: Tensor, raw: Tensor) -> Gaussians:
@@ -154,7 +177,7 @@ class DecoderStage(nn.Module):
         child_coords, child_feats, _ = self.upsample(coords, feats, grid_size, generator)
         r = self.upsample.factor
         child_batch = batch.repeat_interleave(r)
-        child_raw = raw.repeat_interleave(r, dim=0) + self.head(child_feats)
+        child_raw = split_raw(raw, r) + self.head(child_feats)
         if self.scorer is None:
             keep = torch.ones(child_coords.shape[0], dtype=torch.bool, device=coords.device)
             return StageOutput(child_coords, child_raw, child_batch, keep, child_feats, None)

@@ -27,10 +27,11 @@ DENSIFIER_PRESETS = {
 _VALID_KEYS = tuple(inspect.signature(GaussianDensifier.__init__).parameters)[1:]
 
 
-def build_densifier(preset: str, feature_dim: int, **overrides) -> GaussianDensifier:
+def build_densifier(preset: str, feature_dim: int, /, **overrides) -> GaussianDensifier:
     """GaussianDensifier of a named preset for an encoder with `feature_dim` per-pixel features (the encoder's
     .feature_dim), with any constructor argument overridden. A preset whose feature width differs from the
-    encoder's is an error unless feature_dim is overridden too."""
+    encoder's is an error unless feature_dim is overridden too (`feature_dim` is positional-only, so an override
+    of the same name lands in `overrides`)."""
     if preset not in DENSIFIER_PRESETS:
         raise DensifyError(f"densifier preset: unknown name {preset!r}; valid: {', '.join(sorted(DENSIFIER_PRESETS))}")
     unknown = sorted(set(overrides) - set(_VALID_KEYS))

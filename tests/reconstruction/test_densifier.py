@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from reconstruction.densify.decoder import DecoderStage, gaussians_from_raw, raw_attributes, raw_dim, stage_geometry
+from reconstruction.densify.decoder import (OPACITY_INDEX, DecoderStage, gaussians_from_raw, raw_attributes, raw_dim,
+                                          split_opacity_logit, stage_geometry)
 from reconstruction.densify.model import GaussianDensifier, densified_counts
 from reconstruction.densify.presets import DENSIFIER_PRESETS, build_densifier
 from reconstruction.densify.segment import DensifyError
@@ -114,12 +115,34 @@ def test_forward_counts_layout_and_children_start_as_parent_copies(encoder, dens
         kept = raw[:, v * SIZE * SIZE:][rest[:, 0], rest[:, 1]].reshape(2, -1, raw.shape[-1])
         torch.testing.assert_close(union_raw[:, v, counts["fine_per_view"]:], kept)
     # The head's last layer starts at zero: every densified Gaussian copies the raw values of a selected parent
-    # of its own view.
+    # of its own view (all but the opacity, which is split among the children).
+    keep_columns = [i for i in range(raw.shape[-1]) if i != OPACITY_INDEX]
     for b in range(2):
         for v in range(2):
-            parents = raw[b, out.selection.index[b, v]]
-            fine = union_raw[b, v, :counts["fine_per_view"]]
+            parents = raw[b, out.selection.index[b, v]][:, keep_columns]
+            fine = union_raw[b, v, :counts["fine_per_view"]][:, keep_columns]
             assert float((fine[:, None] - parents[None]).abs().amax(-1).min(dim=1).values.max()) == 0.0
+
+
+def test_split_opacity_lets_through_what_the_parent_did():
+    logits = torch.linspace(-8, 8, 33, dtype=torch.float64)
+    for parts in (2, 3, 4):
+        child = torch.sigmoid(split_opacity_logit(logits, parts))
+        torch.testing.assert_close((1 - child) ** parts, 1 - torch.sigmoid(logits), rtol=1e-9, atol=1e-12)
+
+
+def test_fresh_densifier_renders_like_the_coarse_gaussians(encoder, densifier):
+    """A tree of opacity-split copies of a parent covers what the parent covered: before any training the fine
+    render is close to the coarse one (not brighter or more opaque), so fine-tuning starts from the base."""
+    context = make_views(1, 2, seed=3)
+    coarse = encode(encoder, context)
+    densifier.eval()
+    with torch.no_grad():
+        fine = densifier(context, coarse).gaussians
+        cams = to_cameras(context)
+        a, b = render(coarse.gaussians, cams), render(fine, cams)
+    assert float((a.alpha - b.alpha).abs().mean()) < 0.02
+    assert float((a.color - b.color).abs().mean()) < 0.02
 
 
 def test_children_stay_inside_their_parents_box(encoder, densifier):
