@@ -134,6 +134,9 @@ def cli():
 @click.option("--lpips-weight", type=click.FloatRange(min=0), help="LPIPS-VGG loss weight [re10k 0.05; scenes 0].")
 @click.option("--lpips-after", type=click.IntRange(min=0), default=0, show_default=True,
               help="Use the LPIPS term from this step on.")
+@click.option("--gap-warmup", type=click.IntRange(min=0),
+              help="Steps over which the context gap ramps to its final bounds [re10k 150000; scenes 300]; "
+                   "0 for a fine-tune (the official GDM fine-tune) so it trains at the final gaps from the start.")
 @click.option("--tick-steps", type=click.IntRange(min=1),
               help="Steps per tick (log line, grid) [re10k 100; scenes 50].")
 @click.option("--snapshot-ticks", type=click.IntRange(min=0),
@@ -178,7 +181,7 @@ def build_train_options(opts: dict):
         "data.path": os.path.abspath(opts["data"]) if opts["data"] else "", "data.workers": opts["workers"],
         "data.image_shape": opts["resolution"], "model.preset": opts["model_preset"],
         "model.backend": opts["backend"], "optim.lr": opts["lr"], "loss.lpips_weight": opts["lpips_weight"],
-        "loss.lpips_after": opts["lpips_after"],
+        "loss.lpips_after": opts["lpips_after"], "sampler.warmup_steps": opts["gap_warmup"],
     }
     model_args = parse_model_args(opts["model_args"])
     if model_args:
