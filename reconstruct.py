@@ -368,13 +368,12 @@ def default_index(data: str, index: str | None) -> str:
 
 
 def resolve_device(device: str, rank: int = 0):
-    import torch
+    from torch_utils import run_control
 
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise click.BadParameter("no CUDA device is available", param_hint="--device")
-        return torch.device("cuda", rank)
-    return torch.device("cpu")
+    try:
+        return run_control.resolve_device(device, rank)
+    except run_control.DeviceUnavailable:
+        raise click.BadParameter("no CUDA device is available", param_hint="--device") from None
 
 
 def run_test(rank: int, world: int, args: dict) -> list[dict]:

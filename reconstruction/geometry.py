@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from splatting.cameras import rigid_inverse
+from splatting.projection import quaternion_multiply  # noqa: F401  (re-exported: the quaternion helpers live together)
 
 
 class GeometryError(ValueError):
@@ -159,14 +160,6 @@ def warp_to_planes(src: Tensor, ref_intrinsics: Tensor, ref_c2w: Tensor, src_int
             valid.reshape(batch, num_planes, height, width))
 
 
-def quaternion_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product a * b of quaternions [..., 4] (w, x, y, z): the rotation b followed by a."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
-                        aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx,
-                        aw * bz + ax * by - ay * bx + az * bw], dim=-1)
 
 
 def rotation_to_quaternion(rot: Tensor) -> Tensor:

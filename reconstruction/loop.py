@@ -20,8 +20,6 @@ import hashlib
 import math
 import os
 import resource
-import signal
-import threading
 import time
 from dataclasses import dataclass
 
@@ -32,6 +30,7 @@ import dnnlib
 from reconstruction.config import ReconTrainOptions
 from reconstruction.loss import ReconstructionLoss
 from torch_utils import checkpoint, distributed, misc
+from torch_utils.run_control import ignore_stop_signals, install_stop_handlers, resolve_device, restore_handlers
 from torch_utils.stats import StatsCollector, StatsWriter
 
 
@@ -49,18 +48,8 @@ class TrainResult:
     rank_digests: tuple = ()  # sha256 of the encoder state per rank at the end (all equal under DDP)
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda: no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl+C / SIGTERM to the main process, which finishes the step and snapshots."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def build_encoder(options: ReconTrainOptions):
@@ -177,7 +166,7 @@ class ReconTrainer:
         self.loader = iter(torch.utils.data.DataLoader(
             self.stream, batch_size=self.opts.batch_gpu, num_workers=workers,
             pin_memory=self.device.type == "cuda", prefetch_factor=2 if workers > 0 else None,
-            persistent_workers=False, worker_init_fn=_ignore_stop_signals if workers > 0 else None))
+            persistent_workers=False, worker_init_fn=ignore_stop_signals if workers > 0 else None))
 
     # ------------------------------------------------------------------------------------------ resume
     def _resume(self, path: str) -> None:
@@ -373,7 +362,7 @@ class ReconTrainer:
         if self.resume_rng is not None:  # after start-up work that used the global RNGs
             misc.restore_rng_state(self.resume_rng)
         self.last_good = (self.step, self.payload(), getattr(self, "resumed_from", None))
-        previous = self._install_signal_handlers()
+        previous = install_stop_handlers(self._on_stop_signal)
         status = "done"
         progress = tqdm.tqdm(total=self.opts.steps, initial=self.step, unit="step", dynamic_ncols=True,
                              leave=False, disable=None if self.rank == 0 else True)
@@ -400,7 +389,7 @@ class ReconTrainer:
             return self._on_fault(fault)
         finally:
             progress.close()
-            self._restore_signal_handlers(previous)
+            restore_handlers(previous)
         if any(self.skipped_total.values()):
             self.log.info("examples skipped by rank 0 (and refilled from the same epoch): "
                           + ", ".join(f"{n} {reason}" for reason, n in self.skipped_total.items() if n))
@@ -456,19 +445,9 @@ class ReconTrainer:
         return TrainResult(self.run_dir, "fault", self.step, path if self.rank == 0 else None, message)
 
     # ------------------------------------------------------------------------------------------ signals
-    def _install_signal_handlers(self) -> dict:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum, _frame):
-            self.stop_signal = signal.Signals(signum).name
-            self.log.warning(f"received {self.stop_signal}: finishing this step, then writing a snapshot")
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict) -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    def _on_stop_signal(self, name: str) -> None:
+        self.stop_signal = name
+        self.log.warning(f"received {name}: finishing this step, then writing a snapshot")
 
     # ------------------------------------------------------------------------------------------ maintenance
     @torch.no_grad()

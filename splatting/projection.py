@@ -62,6 +62,16 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     return torch.stack([e for row in rot for e in row], dim=-1).reshape(*quats.shape[:-1], 3, 3)
 
 
+def quaternion_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product a * b of quaternions [..., 4] (w, x, y, z): the rotation b followed by a."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
+                        aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw], dim=-1)
+
+
 def covariances3d(gaussians: Gaussians) -> Tensor:
     """[B, N, 3, 3] world-space covariances R S S^T R^T."""
     m = quat_to_rotmat(gaussians.quats) * gaussians.scales()[..., None, :]  # R @ diag(s)

@@ -17,6 +17,7 @@ from torch import Tensor
 from dnnlib import atomic_file
 from splatting.gaussians import Gaussians
 from splatting.ply import PLY_FRAMES, write_ply
+from splatting.projection import quaternion_multiply
 from training.video_utils import (CameraPreset, conditioning_label, finite_range, masked_depth, normalize_depth,
                                   to_uint8, yaw_sweep_labels)
 
@@ -25,16 +26,6 @@ STILL_YAWS = (-0.5, -0.25, 0.0, 0.25, 0.5)  # radians around the frontal view
 
 # --------------------------------------------------------------------------------------------------
 # PLY frame.
-def _quat_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product a (x) b of (w, x, y, z) quaternions [..., 4]."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
-                        aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx,
-                        aw * bz + ax * by - ay * bx + az * bw], dim=-1)
-
-
 def rotate_x180(gaussians: Gaussians, inverse: bool = False) -> Gaussians:
     """EG3D world -> OpenCV-style y-down world (inverse=True: back). Exact: only sign flips and swaps."""
     if gaussians.sh_degree > 0:
@@ -43,7 +34,7 @@ def rotate_x180(gaussians: Gaussians, inverse: bool = False) -> Gaussians:
     flip = gaussians.means.new_tensor([1.0, -1.0, -1.0])
     q_rot = gaussians.quats.new_tensor([0.0, -1.0 if inverse else 1.0, 0.0, 0.0])
     return dataclasses.replace(gaussians, means=gaussians.means * flip,
-                               quats=_quat_multiply(q_rot.expand_as(gaussians.quats), gaussians.quats))
+                               quats=quaternion_multiply(q_rot.expand_as(gaussians.quats), gaussians.quats))
 
 
 def to_ply_frame(gaussians: Gaussians, frame: str) -> Gaussians:

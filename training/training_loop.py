@@ -11,8 +11,6 @@ import copy
 import hashlib
 import os
 import resource
-import signal
-import threading
 import time
 from dataclasses import dataclass
 
@@ -22,6 +20,7 @@ import tqdm
 
 import dnnlib
 from torch_utils import checkpoint, distributed, misc
+from torch_utils.run_control import ignore_stop_signals, install_stop_handlers, resolve_device, restore_handlers
 from torch_utils.stats import StatsCollector, StatsWriter, format_tick_line
 from training import loss as L
 from training.config import TrainConfig
@@ -41,12 +40,6 @@ class TrainResult:
     rank_digests: tuple = ()  # sha256 of G, D, G_ema state per rank at the end (all equal under DDP)
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda: no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def grid_shape(config: TrainConfig, resolution: int) -> tuple[int, int]:
@@ -56,11 +49,6 @@ def grid_shape(config: TrainConfig, resolution: int) -> tuple[int, int]:
     return int(np.clip(7680 // resolution, 7, 32)), int(np.clip(4320 // resolution, 4, 32))
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl+C / SIGTERM to the main process, which finishes the step and snapshots;
-    a worker dying first would crash the main process before it could save anything."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class Trainer:
@@ -139,7 +127,7 @@ class Trainer:
         self.loader = iter(torch.utils.data.DataLoader(
             self.dataset, sampler=self.sampler, batch_size=per_rank, num_workers=workers,
             pin_memory=self.device.type == "cuda", prefetch_factor=2 if workers > 0 else None,
-            persistent_workers=False, worker_init_fn=_ignore_stop_signals if workers > 0 else None))
+            persistent_workers=False, worker_init_fn=ignore_stop_signals if workers > 0 else None))
 
     # ------------------------------------------------------------------------------------------ resume
     def _resume(self, path: str) -> None:
@@ -301,7 +289,7 @@ class Trainer:
         if getattr(self, "resume_rng", None) is not None:  # after start-up work that used the global RNGs
             self.restore_rank_state(self.resume_rng)
         self.last_good = (self.cur_nimg, self.payload(), getattr(self, "resumed_from", None))
-        previous = self._install_signal_handlers()
+        previous = install_stop_handlers(self._on_stop_signal)
         status = "done"
         progress = tqdm.tqdm(total=int(self.cfg.total_kimg * 1000), initial=self.cur_nimg, unit="img",
                              disable=None if self.rank == 0 else True, dynamic_ncols=True, leave=False)
@@ -324,7 +312,7 @@ class Trainer:
             return self._on_fault(fault)
         finally:
             progress.close()
-            self._restore_signal_handlers(previous)
+            restore_handlers(previous)
         return TrainResult(self.run_dir, status, self.cur_nimg, self.last_snapshot,
                            rank_digests=self.check_rank_consistency())
 
@@ -374,19 +362,9 @@ class Trainer:
         return TrainResult(self.run_dir, "fault", self.cur_nimg, path if self.rank == 0 else None, message)
 
     # ------------------------------------------------------------------------------------------ signals
-    def _install_signal_handlers(self) -> dict:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum, _frame):
-            self.stop_signal = signal.Signals(signum).name
-            self.log.warning(f"received {self.stop_signal}: finishing this iteration, then writing a snapshot")
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict) -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    def _on_stop_signal(self, name: str) -> None:
+        self.stop_signal = name
+        self.log.warning(f"received {name}: finishing this iteration, then writing a snapshot")
 
     # ------------------------------------------------------------------------------------------ maintenance
     def prepare_grid(self) -> None:

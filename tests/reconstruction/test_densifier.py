@@ -25,14 +25,6 @@ SIZE = 32
 K_NUM = 128
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_views(b, v, h=SIZE, w=SIZE, seed=0):
     """Views from cameras on a short line looking down +z at a random-image scene, depth range 1..20."""
     g = torch.Generator().manual_seed(seed)

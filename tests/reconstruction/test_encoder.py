@@ -19,14 +19,6 @@ from torch_utils.misc import count_parameters
 RE10K_PARAMETERS = 11_940_997  # the count reported for the re10k preset
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_views(b, v, h, w, seed=0, near=1.0, far=50.0):
     """Views of cameras on a short horizontal line looking down +z, with random images."""
     g = torch.Generator().manual_seed(seed)

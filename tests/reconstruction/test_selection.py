@@ -15,14 +15,6 @@ DEPTH = 2.0
 FOCAL = 16.0  # pixels, both axes, so Gaussians that are round in the world are round on screen
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
-    yield
-    torch.set_num_threads(previous)
-
-
 def _views(v, h, w, origins):
     """Context views looking down +z from `origins` [V, 3] (identity rotations), pixel focal FOCAL."""
     c2w = torch.eye(4).repeat(v, 1, 1)
