@@ -1,4 +1,4 @@
-"""Train a GSGAN model (EG3D/GSGAN option names; see gsgan.md §11 and _scripts/train_*.sh).
+"""Train a GSGAN model (EG3D/GSGAN option names; see docs/official-gsgan.md and _scripts/train_*.sh).
 
 Examples:
 
@@ -152,7 +152,7 @@ def bool_option(name: str, help: str, default=None):
 @click.option("--grid", type=GridType(), help="Image grid COLSxROWS [official size; shapes: 4x2].")
 @click.option("--backend", type=click.Choice(["auto", "reference", "cpu", "gsplat", "inria"]), default="auto",
               show_default=True, help="Rasterizer backend.")
-@bool_option("compat", "Reproduce the official quirks (gsgan.md §14).", default=False)
+@bool_option("compat", "Reproduce the official quirks (docs/official-gsgan.md).", default=False)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--nonfinite", type=click.Choice(["stop", "replace"]), default="stop", show_default=True,
               help="On a NaN/inf loss or gradient: stop with a snapshot, or replace and continue (official).")

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from splatting.cameras import rigid_inverse
-from splatting.projection import quaternion_multiply  # noqa: F401  (re-exported: the quaternion helpers live together)
 
 
 class GeometryError(ValueError):

@@ -30,7 +30,8 @@ import dnnlib
 from reconstruction.config import ReconTrainOptions
 from reconstruction.loss import ReconstructionLoss
 from torch_utils import checkpoint, distributed, misc
-from torch_utils.run_control import ignore_stop_signals, install_stop_handlers, resolve_device, restore_handlers
+from torch_utils.run_control import (ignore_stop_signals, install_stop_handlers, launch_training, resolve_device,
+                                     restore_handlers)
 from torch_utils.stats import StatsCollector, StatsWriter
 
 
@@ -566,11 +567,6 @@ def run_description(options: ReconTrainOptions) -> str:
     return desc + (f"-{options.desc}" if options.desc else "")
 
 
-def write_options(run_dir: str, options: ReconTrainOptions) -> None:
-    with misc.atomic_file(os.path.join(run_dir, "training_options.json"), "w") as handle:
-        handle.write(options.to_json() + "\n")
-
-
 def training_process(rank: int, world: int, options: ReconTrainOptions, run_dir: str,
                      init_method: str | None = None, local_rank: int = 0) -> TrainResult:
     """Body of one process: device set-up, process group, ReconTrainer."""
@@ -600,26 +596,4 @@ def _spawned(index: int, init_method: str, world: int, options_dict: dict, run_d
 
 def launch(options: ReconTrainOptions) -> TrainResult:
     """Validate, create the run directory, write training_options.json and train. Returns rank 0's result."""
-    options.validate()
-    if distributed.launched_by_torchrun():
-        return _launch_torchrun(options)
-    run_dir = dnnlib.make_run_dir(options.outdir, run_description(options))
-    write_options(run_dir, options)
-    if options.num_gpus == 1:
-        return training_process(0, 1, options, run_dir)
-    results = distributed.spawn(_spawned, options.num_gpus, args=(options.num_gpus, options.to_dict(), run_dir))
-    return TrainResult(**results[0])
-
-
-def _launch_torchrun(options: ReconTrainOptions) -> TrainResult:
-    rank, local_rank, world = distributed.torchrun_ranks()
-    if options.num_gpus != world:
-        raise ValueError(f"--gpus={options.num_gpus} does not match torchrun's WORLD_SIZE={world}")
-    device = resolve_device(options.device, local_rank)
-    distributed.init(rank, world, device)
-    run_dir = None
-    if rank == 0:
-        run_dir = dnnlib.make_run_dir(options.outdir, run_description(options))
-        write_options(run_dir, options)
-    run_dir = distributed.all_gather_objects(run_dir)[0]
-    return training_process(rank, world, options, run_dir, local_rank=local_rank)
+    return launch_training(options, run_description(options), training_process, _spawned, TrainResult)

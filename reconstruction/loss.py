@@ -5,7 +5,6 @@ LPIPS term the mean over every target image, weighted 0.05 and switched on from 
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 

@@ -15,7 +15,6 @@ This is the pixelSplat/MVSplat layout, so their conventions (and users' habits) 
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from splatting.cameras import Cameras, rigid_inverse

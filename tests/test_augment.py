@@ -1,4 +1,4 @@
-"""ADA pipeline (§7): identity at p = 0, exact integer ops, affine resampling against the analytic map, colour ops'
+"""ADA pipeline: identity at p = 0, exact integer ops, affine resampling against the analytic map, colour ops'
 invariants, gradients (including R1's double backward), determinism, state save/restore, and the p controller."""
 import json
 

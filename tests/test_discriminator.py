@@ -1,4 +1,4 @@
-"""Discriminator (§7): shapes, parameter counts, FIR down-sampling against a scipy reference, minibatch std,
+"""Discriminator: shapes, parameter counts, FIR down-sampling against a scipy reference, minibatch std,
 gradients, independence of the logits from the label, rebuild from JSON kwargs."""
 import json
 

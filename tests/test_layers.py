@@ -211,7 +211,7 @@ def test_fused_gaussian_heads_match_separate_layers():
     torch.testing.assert_close(out["color"], heads.color(torch.cat([x, e[:, None].expand(2, 7, 4)], -1)))
     plain = GaussianHeads(16)
     torch.testing.assert_close(plain(x)["color"], plain.color(x))
-    fresh = GaussianHeads(64, view_dim=4)  # weight_init of §4.4: N(0, 1) times 0.1 (scale, rotation) or 1
+    fresh = GaussianHeads(64, view_dim=4)  # the heads' weight_init: N(0, 1) times 0.1 (scale, rotation) or 1
     assert fresh.scale.weight.std().item() == pytest.approx(0.1, rel=0.3)
     assert fresh.xyz.weight.std().item() == pytest.approx(1.0, rel=0.3)
     assert (fresh.opacity.bias == 0).all()

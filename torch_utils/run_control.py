@@ -45,3 +45,44 @@ def install_stop_handlers(on_signal: Callable[[str], None]) -> dict:
 def restore_handlers(previous: dict) -> None:
     for sig, old in previous.items():
         signal.signal(sig, old)
+
+
+def write_options(run_dir: str, options) -> None:
+    """run_dir/training_options.json (the options' to_json(), written all-or-nothing)."""
+    import os
+
+    from dnnlib import atomic_file
+
+    with atomic_file(os.path.join(run_dir, "training_options.json"), "w") as handle:
+        handle.write(options.to_json() + "\n")
+
+
+def launch_training(options, description: str, process: Callable, spawned: Callable, result_type: type):
+    """Validate `options`, create outdir/NNNNN-description with training_options.json and train in one process,
+    options.num_gpus spawned processes, or as one torchrun rank. Returns rank 0's result (each torchrun rank its own).
+
+    process(rank, world, options, run_dir, init_method=None, local_rank=0) runs one rank and returns a result;
+    spawned(index, init_method, world, options_dict, run_dir) is the picklable top-level entry of a spawned rank
+    (it rebuilds the options and returns result.__dict__). options needs validate(), to_dict(), to_json(),
+    num_gpus, device and outdir."""
+    import dnnlib
+    from torch_utils import distributed
+
+    options.validate()
+    if distributed.launched_by_torchrun():
+        rank, local_rank, world = distributed.torchrun_ranks()
+        if options.num_gpus != world:
+            raise ValueError(f"--gpus={options.num_gpus} does not match torchrun's WORLD_SIZE={world}")
+        distributed.init(rank, world, resolve_device(options.device, local_rank))
+        run_dir = None
+        if rank == 0:
+            run_dir = dnnlib.make_run_dir(options.outdir, description)
+            write_options(run_dir, options)
+        run_dir = distributed.all_gather_objects(run_dir)[0]
+        return process(rank, world, options, run_dir, local_rank=local_rank)
+    run_dir = dnnlib.make_run_dir(options.outdir, description)
+    write_options(run_dir, options)
+    if options.num_gpus == 1:
+        return process(0, 1, options, run_dir)
+    results = distributed.spawn(spawned, options.num_gpus, args=(options.num_gpus, options.to_dict(), run_dir))
+    return result_type(**results[0])

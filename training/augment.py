@@ -1,4 +1,4 @@
-"""Adaptive discriminator augmentation (ADA, §7): random geometric and colour transforms applied to every image the
+"""Adaptive discriminator augmentation (ADA): random geometric and colour transforms applied to every image the
 discriminator sees, with a probability p that a controller raises when D over-fits the real images.
 
 Each op fires independently per sample with probability p * strength. Geometric ops (xflip, rotate90, xint, scale,
@@ -58,7 +58,7 @@ def _where(mask: Tensor, value: Tensor, default: float) -> Tensor:
 class AugmentPipe(nn.Module):
     """ADA pipeline. `forward(images [B,C,H,W], generator=None) -> same shape/dtype`, C a multiple of 3.
 
-    Strengths (0 disables an op) multiply p; the magnitudes are the ADA defaults. xflip is off by default (§7).
+    Strengths (0 disables an op) multiply p; the magnitudes are the ADA defaults. xflip is off by default.
     `p` is a buffer (saved in the state dict) that `AdaController` adjusts during training.
     """
 
@@ -245,7 +245,7 @@ def ada_p_update(p: float, sign_mean: float, target: float, batch_size: int, int
 
 
 class AdaController:
-    """Tunes `pipe.p` from the signs of D's logits on real images (§7: target 0.6, every 4 iterations, 500 kimg).
+    """Tunes `pipe.p` from the signs of D's logits on real images (target 0.6, every 4 iterations, 500 kimg).
 
     Call `accumulate(real_logits)` wherever D scores real images (D-main; StyleGAN2-ADA also counts the D-reg
     phase) and `step(batch_size)` once per training iteration (batch size = global batch). `reduce_fn`, when given,

@@ -1,4 +1,4 @@
-"""Background generator (§5 of the design spec): two levels of Gaussians on a sphere around the scene.
+"""Background generator: two levels of Gaussians on a sphere around the scene.
 
 Every layer is modulated by one w (the generator's last). Level 0 places one Gaussian per learnable point on
 the sphere; level 1 splits each into `up_ratio` children with the foreground's child rule, re-projected onto

@@ -1,4 +1,4 @@
-"""2D building blocks of the discriminator (§7): equalized-lr convolutions with FIR down-sampling, bias + activation
+"""2D building blocks of the discriminator: equalized-lr convolutions with FIR down-sampling, bias + activation
 with clamping, and the minibatch standard-deviation layer.
 
 Equalized learning rate: weights are stored as N(0, 1) and scaled by 1/sqrt(fan_in) at run time, so Adam sees every

@@ -1,5 +1,5 @@
-"""Pose-aware discriminator of GSGAN (§7): an unconditional StyleGAN2 ResNet trunk plus an auxiliary pose branch
-whose features are matched against an embedding of the camera label by the pose-contrastive loss (§9).
+"""Pose-aware discriminator of GSGAN: an unconditional StyleGAN2 ResNet trunk plus an auxiliary pose branch
+whose features are matched against an embedding of the camera label by the pose-contrastive loss.
 
 The label c never reaches the trunk, so the adversarial logits do not depend on it.
 

@@ -17,12 +17,12 @@ from training.point_generator import PointGenerator
 # mode means what the name says: opacity 0.999 (the rasterizer caps alpha at 0.99 anyway).
 OPACITY_ONES_LOGIT_COMPAT = 1.0
 OPACITY_ONES_LOGIT_CLEAN = math.log(0.999 / 0.001)
-COMPAT_TRUNCATION_CUTOFF = 14  # EG3D leftover used by the official scripts (§13 item 8)
+COMPAT_TRUNCATION_CUTOFF = 14  # EG3D leftover used by the official scripts
 
 
 @dataclass(frozen=True)
 class GSParams:
-    """Visualization controls for GSGenerator.synthesis (§12 gs_params).
+    """Visualization controls for GSGenerator.synthesis (the official gs_params).
 
     res_visualize: foreground levels to keep (None = all). point_index: keep only the descendants of these
     initial points (level l: indices [i * r^l, (i + 1) * r^l)). num_init_near_point: replace the single

@@ -1,4 +1,4 @@
-"""Network building blocks of GSGAN (§3 of the design spec), all with equalized learning rate.
+"""Network building blocks of GSGAN, all with equalized learning rate.
 
 Equalized learning rate: parameters are stored at unit scale (N(0,1) * weight_init / lr_multiplier) and the
 He-style gain lr_multiplier / sqrt(fan_in) is applied at run time, so Adam sees every layer at the same scale.

@@ -1,4 +1,4 @@
-"""GSGAN losses, regularizers and training schedules (gsgan.md §2, §5, §7, §9).
+"""GSGAN losses, regularizers and training schedules (docs/official-gsgan.md).
 
 Pure functions on tensors; the phase functions that combine them with G and D live in training/steps.py.
 Schedules are functions of the image count n so that resuming from a saved count continues them exactly;
@@ -68,7 +68,7 @@ def blur_images(images: Tensor, sigma: float) -> Tensor:
 
 # ----------------------------------------------------------------------------------------------- pose conditioning
 def swap_pose_conditioning(c: Tensor, prob: float, generator: torch.Generator | None = None) -> Tensor:
-    """Per sample, with probability prob, use the next sample's label (a roll by one along the batch) (§2 GPC)."""
+    """Per sample, with probability prob, use the next sample's label (a roll by one along the batch): generator pose conditioning swap."""
     if prob <= 0 or c.shape[0] == 0:
         return c
     draw = torch.rand(c.shape[0], 1, generator=generator, device=generator.device if generator else "cpu")

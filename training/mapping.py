@@ -1,4 +1,4 @@
-"""StyleGAN2-style mapping network with camera-label (pose) conditioning, §2 of the design spec."""
+"""StyleGAN2-style mapping network with camera-label (pose) conditioning."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Hierarchical foreground point generator (§4 of the design spec).
+"""Hierarchical foreground point generator.
 
 Level 0 turns P0 learnable points into features with a style-modulated transformer; every later level
 upsamples the previous level's features by `up_ratio` and predicts children of the previous level's anchors.
@@ -42,7 +42,7 @@ def with_identity_quat(d: Tensor) -> Tensor:
 
 def make_children(parents: Gaussians, deltas: dict[str, Tensor], percent_dense: float, split_ratio: float,
                   scale_clamp_min: float, scale_clamp_max: float = 0.0) -> Gaussians:
-    """Children of (already repeat-interleaved) parents; §4.4's rule, identical for anchors and rendered Gaussians.
+    """Children of (already repeat-interleaved) parents; the hierarchical child rule, identical for anchors and rendered Gaussians.
 
     Position uses the parent's pre-split scale; a parent whose largest scale exceeds percent_dense is split
     (base log-scale reduced by log split_ratio, clamped to [-100, 0]); the child scale never exceeds the base.
@@ -198,7 +198,7 @@ class PointGenerator(nn.Module):
         self.level0_proj = EqLinear(width0, ch(2 * res[0])) if ch(2 * res[0]) != width0 else None
         self.blocks = nn.ModuleList(LevelBlock(ch(res[l]), ch(2 * res[l]), self.level_ada[l], w_dim, up_ratio, knn_k)
                                     for l in range(1, self.num_levels))
-        # Heads; the last level's anchors would be dead (§13 item 14), except level 0 which parents its own render.
+        # Heads; the last level's anchors would be dead, except level 0 which parents its own render.
         self.view_embed = EqLinear(3, view_dim, activation="lrelu")
         self.render_heads = nn.ModuleList(GaussianHeads(ch(2 * r), view_dim, head_weight_init)
                                           for r in res)

@@ -20,7 +20,8 @@ import tqdm
 
 import dnnlib
 from torch_utils import checkpoint, distributed, misc
-from torch_utils.run_control import ignore_stop_signals, install_stop_handlers, resolve_device, restore_handlers
+from torch_utils.run_control import (ignore_stop_signals, install_stop_handlers, launch_training, resolve_device,
+                                     restore_handlers)
 from torch_utils.stats import StatsCollector, StatsWriter, format_tick_line
 from training import loss as L
 from training.config import TrainConfig
@@ -455,11 +456,6 @@ def run_description(config: TrainConfig) -> str:
     return desc + (f"-{config.desc}" if config.desc else "")
 
 
-def write_options(run_dir: str, config: TrainConfig) -> None:
-    with misc.atomic_file(os.path.join(run_dir, "training_options.json"), "w") as handle:
-        handle.write(config.to_json() + "\n")
-
-
 def training_process(rank: int, world: int, config: TrainConfig, run_dir: str, init_method: str | None = None,
                      local_rank: int = 0) -> TrainResult:
     """Body of one process: device set-up, process group, Trainer."""
@@ -495,30 +491,4 @@ def _spawned(index: int, init_method: str, world: int, config_dict: dict, run_di
 def launch(config: TrainConfig) -> TrainResult:
     """Validate, create the run directory, write training_options.json and train (1 process, N spawned
     processes, or one torchrun rank). Returns rank 0's result (each torchrun rank returns its own)."""
-    config.validate()
-    if distributed.launched_by_torchrun():
-        return _launch_torchrun(config)
-    run_dir = dnnlib.make_run_dir(config.outdir, run_description(config))
-    write_options(run_dir, config)
-    if config.num_gpus == 1:
-        return training_process(0, 1, config, run_dir)
-    return _launch_spawn(config, run_dir)
-
-
-def _launch_torchrun(config: TrainConfig) -> TrainResult:
-    rank, local_rank, world = distributed.torchrun_ranks()
-    if config.num_gpus != world:
-        raise ValueError(f"--gpus={config.num_gpus} does not match torchrun's WORLD_SIZE={world}")
-    device = resolve_device(config.device, local_rank)
-    distributed.init(rank, world, device)
-    run_dir = None
-    if rank == 0:
-        run_dir = dnnlib.make_run_dir(config.outdir, run_description(config))
-        write_options(run_dir, config)
-    run_dir = distributed.all_gather_objects(run_dir)[0]
-    return training_process(rank, world, config, run_dir, local_rank=local_rank)
-
-
-def _launch_spawn(config: TrainConfig, run_dir: str) -> TrainResult:
-    results = distributed.spawn(_spawned, config.num_gpus, args=(config.num_gpus, config.to_dict(), run_dir))
-    return TrainResult(**results[0])
+    return launch_training(config, run_description(config), training_process, _spawned, TrainResult)

@@ -34,7 +34,7 @@ class CameraPreset:
     trajectory: str  # default trajectory for this kind of data
 
 
-# gsgan.md §11/§12. "shapes" (synthetic data) uses the FFHQ rig unless told otherwise.
+# Camera rigs of docs/official-gsgan.md. "shapes" (synthetic data) uses the FFHQ rig unless told otherwise.
 CAMERA_PRESETS = {
     "ffhq": CameraPreset(cs.FFHQ_RADIUS, cs.FFHQ_PIVOT, cs.FFHQ_FOCAL, "ffhq"),
     "afhq": CameraPreset(cs.FFHQ_RADIUS, cs.AFHQ_PIVOT, cs.FFHQ_FOCAL, "ffhq"),
@@ -100,7 +100,7 @@ def seed_latents(seeds: list[int], z_dim: int) -> Tensor:
 
 
 def conditioning_label(preset: CameraPreset, compat: bool = False) -> Tensor:
-    """[25] frontal camera looking at the preset's pivot: the camera ws are conditioned on (gsgan.md §12)."""
+    """[25] frontal camera looking at the preset's pivot: the camera ws are conditioned on (docs/official-gsgan.md)."""
     return cs.frontal_label(radius=preset.radius, lookat=preset.lookat, focal=preset.focal, compat=compat)
 
 
@@ -201,7 +201,7 @@ def finite_range(depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def normalize_depth(depth: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Negated, min-max normalized depth in [-1, 1] (near = bright); NaN (empty) -> -1 (far, black).
 
-    depth [N, 1, H, W]; lo, hi [N]: the range per cell (gsgan.md §12 normalizes per image; gen_videos takes the
+    depth [N, 1, H, W]; lo, hi [N]: the range per cell (the official script normalizes per image; gen_videos takes the
     range over a whole video so the brightness does not flicker)."""
     known = np.isfinite(lo) & np.isfinite(hi)
     lo = np.where(known, lo, 0.0).reshape(-1, 1, 1, 1)

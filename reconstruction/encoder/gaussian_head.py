@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 from splatting import Gaussians
 from splatting.gaussians import SH_C0
+from splatting.projection import quaternion_multiply
 
-from ..geometry import image_to_camera, pixel_centers, quaternion_multiply, rotation_to_quaternion
+from ..geometry import image_to_camera, pixel_centers, rotation_to_quaternion
 from .sh_rotation import rotate_sh
 
 SCALE_MIN, SCALE_MAX = 0.5, 15.0

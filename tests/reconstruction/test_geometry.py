@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from reconstruction.geometry import (GeometryError, camera_rays, inverse_depth_candidates, pixel_centers, project,
-                                     quaternion_multiply, rotation_to_quaternion, unproject, warp_to_planes)
+                                     rotation_to_quaternion, unproject, warp_to_planes)
 from splatting.cameras import look_at
-from splatting.projection import quat_to_rotmat
+from splatting.projection import quat_to_rotmat, quaternion_multiply
 
 
 def random_rotations(n, generator, dtype=torch.float64):
