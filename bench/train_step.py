@@ -25,7 +25,8 @@ if REPO_ROOT not in sys.path:
 from _results import git_commit, write_results  # noqa: E402  (bench/ is the script's directory)
 
 import train  # noqa: E402
-from training.training_loop import Trainer, resolve_device  # noqa: E402
+from torch_utils.run_control import resolve_device  # noqa: E402
+from training.training_loop import Trainer  # noqa: E402
 
 SETUPS = {
     "shapes": dict(cli=["--cfg", "shapes"], resolution=16),

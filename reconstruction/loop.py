@@ -30,8 +30,8 @@ import dnnlib
 from reconstruction.config import ReconTrainOptions
 from reconstruction.loss import ReconstructionLoss
 from torch_utils import checkpoint, distributed, misc
-from torch_utils.run_control import (ignore_stop_signals, install_stop_handlers, launch_training, resolve_device,
-                                     restore_handlers)
+from torch_utils.run_control import (ignore_stop_signals, install_stop_handlers, launch_training, restore_handlers,
+                                     run_rank)
 from torch_utils.stats import StatsCollector, StatsWriter
 
 
@@ -570,23 +570,8 @@ def run_description(options: ReconTrainOptions) -> str:
 def training_process(rank: int, world: int, options: ReconTrainOptions, run_dir: str,
                      init_method: str | None = None, local_rank: int = 0) -> TrainResult:
     """Body of one process: device set-up, process group, ReconTrainer."""
-    device = resolve_device(options.device, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    elif world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    distributed.init(rank, world, device, init_method)
-    trainer = None
-    try:
-        trainer = ReconTrainer(options, run_dir, rank, world, device)
-        trainer.setup()
-        result = trainer.run()
-        distributed.barrier()  # every rank reaches the teardown together (a Gloo peer must not vanish mid-talk)
-        return result
-    finally:
-        if trainer is not None:
-            trainer.close()
-        distributed.cleanup()
+    return run_rank(lambda device: ReconTrainer(options, run_dir, rank, world, device), rank, world,
+                    options.device, init_method, local_rank)
 
 
 def _spawned(index: int, init_method: str, world: int, options_dict: dict, run_dir: str) -> dict:

@@ -20,8 +20,8 @@ import tqdm
 
 import dnnlib
 from torch_utils import checkpoint, distributed, misc
-from torch_utils.run_control import (ignore_stop_signals, install_stop_handlers, launch_training, resolve_device,
-                                     restore_handlers)
+from torch_utils.run_control import (ignore_stop_signals, install_stop_handlers, launch_training, restore_handlers,
+                                     run_rank)
 from torch_utils.stats import StatsCollector, StatsWriter, format_tick_line
 from training import loss as L
 from training.config import TrainConfig
@@ -456,31 +456,17 @@ def run_description(config: TrainConfig) -> str:
     return desc + (f"-{config.desc}" if config.desc else "")
 
 
+def _official_cuda_flags() -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False  # official: TF32 off, cuDNN benchmark on
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+
+
 def training_process(rank: int, world: int, config: TrainConfig, run_dir: str, init_method: str | None = None,
                      local_rank: int = 0) -> TrainResult:
     """Body of one process: device set-up, process group, Trainer."""
-    device = resolve_device(config.device, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = False  # official: TF32 off, cuDNN benchmark on
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cudnn.benchmark = True
-    elif world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    distributed.init(rank, world, device, init_method)
-    trainer = None
-    try:
-        trainer = Trainer(config, run_dir, rank, world, device)
-        trainer.setup()
-        result = trainer.run()
-        # Every rank reaches the teardown together: a Gloo peer destroyed while the other still talks aborts the
-        # process ("terminate called without an active exception"), seen once in CI after a successful run.
-        distributed.barrier()
-        return result
-    finally:
-        if trainer is not None:
-            trainer.close()
-        distributed.cleanup()
+    return run_rank(lambda device: Trainer(config, run_dir, rank, world, device), rank, world, config.device,
+                    init_method, local_rank, on_cuda=_official_cuda_flags)
 
 
 def _spawned(index: int, init_method: str, world: int, config_dict: dict, run_dir: str) -> dict:
