@@ -98,9 +98,18 @@ class StageGeometry:
 
 
 def stage_geometry(coords: Tensor, batch: Tensor, grid_size: float, orders, patch_size: int, shuffle: bool,
-                   generator: torch.Generator | None) -> StageGeometry:
-    """Serialize one stage's points (coords [N, 3] of clouds batch [N]) once for all of its blocks."""
-    ser = serialize(coords.detach(), batch, grid_size, orders, shuffle=shuffle, generator=generator)
+                   generator: torch.Generator | None, used: int | None = None) -> StageGeometry:
+    """Serialize one stage's points (coords [N, 3] of clouds batch [N]) once for all of its blocks.
+
+    Only the first `used` orders of the (shuffled) list are encoded: block i uses order i modulo their number, so
+    a stage of two blocks needs two of the four curves. The shuffle still draws a permutation of the whole list,
+    so the orders a block gets do not depend on `used`."""
+    orders = tuple(orders)
+    if shuffle:
+        orders = tuple(orders[i] for i in torch.randperm(len(orders), generator=generator).tolist())
+    if used is not None:
+        orders = orders[:max(1, int(used))]
+    ser = serialize(coords.detach(), batch, grid_size, orders, shuffle=False)
     partition = patch_partition(batch[ser.order[0]], patch_size)
     return StageGeometry(ser.grid_coord, neighbour_table(ser.grid_coord, batch), ser.order, ser.inverse, partition,
                          batch)
@@ -255,7 +264,8 @@ class PointDecoder(nn.Module):
         last = len(self.stages) - 1
         for s, stage in enumerate(self.stages):
             grid = self.stage_grid_size(s)
-            geometry = stage_geometry(coords, batch, grid, self.orders, self.patch_size, self.training, generator)
+            geometry = stage_geometry(coords, batch, grid, self.orders, self.patch_size, self.training, generator,
+                                      used=len(stage.blocks))
             result = stage(coords, feats, raw, batch, geometry, grid, generator)
             children = result.coords.shape[0] // num_clouds
             kept = int(result.non_leaf.sum()) // num_clouds

@@ -69,11 +69,11 @@ def _hilbert(grid_coord: Tensor, depth: Tensor, max_depth: int) -> Tensor:
         for axis in range(3):
             has_bit = (x[axis] & q) != 0
             # Where this axis has the bit: invert the low bits of axis 0.
-            x[0] = torch.where(has_bit & active, x[0] ^ low, x[0])
+            x[0] = x[0] ^ (has_bit & active) * low
             if axis == 0:
                 continue
             # Elsewhere: exchange the low bits of axis 0 and this axis.
-            swap = torch.where(~has_bit & active, (x[0] ^ x[axis]) & low, torch.zeros_like(x[0]))
+            swap = ((x[0] ^ x[axis]) & low) * (~has_bit & active)
             x[0] = x[0] ^ swap
             x[axis] = x[axis] ^ swap
     # Gray decode of the interleaved bit string, done in transposed form.
@@ -82,7 +82,7 @@ def _hilbert(grid_coord: Tensor, depth: Tensor, max_depth: int) -> Tensor:
     flip = torch.zeros_like(x[0])
     for level in range(max_depth - 1, 0, -1):
         q = 1 << level
-        flip = torch.where((x[2] & q) != 0, flip ^ (q - 1), flip)
+        flip = flip ^ ((x[2] & q) != 0) * (q - 1)
     return _interleave(x[0] ^ flip, x[1] ^ flip, x[2] ^ flip)
 
 

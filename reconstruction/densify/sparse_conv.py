@@ -148,8 +148,10 @@ class SubmanifoldConv3d(nn.Module):
         for k, query, rep in zip(FORWARD_OFFSETS, neighbours.query, neighbours.rep):
             if query.numel() == 0:
                 continue
-            out = out.index_add(0, query, feats[rep] @ taps[:, k].t())
-            out = out.index_add(0, rep, feats[query] @ taps[:, 26 - k].t())
+            # In place: `out` is a fresh matmul result that autograd does not save. index_select rather than
+            # fancy indexing: its backward is one index_add instead of an accumulating index_put.
+            out.index_add_(0, query, feats.index_select(0, rep) @ taps[:, k].t())
+            out.index_add_(0, rep, feats.index_select(0, query) @ taps[:, 26 - k].t())
         if self.bias is not None:
             out = out + self.bias
         return out
