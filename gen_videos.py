@@ -10,13 +10,19 @@ the keyframe layout and training/media_export.py for the .ply frame.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import click
 
-from splatting.ply import PLY_FRAMES
+from splatting.backends import BACKENDS
+from splatting.ply import MAX_SH_DEGREE, PLY_FRAMES
 from viewer.cli import view
-from training.video_utils import CAMERA_PRESETS, IMAGE_MODES, TRAJECTORIES, parse_grid, parse_int_list
+from training.generator import COMPAT_TRUNCATION_CUTOFF
+from training.mp4_writer import check_bitrate, check_fps
+from training.output_paths import OutputPathError, check_output_dir, make_output_dir, remove_empty
+from training.video_utils import (CAMERA_PRESETS, IMAGE_MODES, MAX_FRAMES, MAX_LIST_LENGTH, MAX_RESOLUTION, MAX_SEEDS,
+                                  TRAJECTORIES, parse_grid, parse_int_list)
+
+BACKEND_CHOICES = ["auto", *BACKENDS]
 
 
 class IntList(click.ParamType):
@@ -24,14 +30,14 @@ class IntList(click.ParamType):
 
     name = "list"
 
-    def __init__(self, what: str = "integer", maximum: int | None = None):
-        self.what, self.maximum = what, maximum
+    def __init__(self, what: str = "integer", maximum: int | None = None, max_count: int = MAX_LIST_LENGTH):
+        self.what, self.maximum, self.max_count = what, maximum, max_count
 
     def convert(self, value, param, ctx):
         if isinstance(value, list):
             return value
         try:
-            values = parse_int_list(value, self.what)
+            values = parse_int_list(value, self.what, max_count=self.max_count)
         except ValueError as error:
             self.fail(str(error), param, ctx)
         if self.maximum is not None and max(values) > self.maximum:
@@ -70,19 +76,18 @@ def cli():
     """
 
 
-def _writable_outdir(outdir: str, create: bool = True) -> str:
-    if not create:  # --dry-run: only refuse what certainly cannot work
-        if os.path.exists(outdir) and not os.path.isdir(outdir):
-            raise click.BadParameter(f"{outdir!r} exists and is not a directory", param_hint="'--outdir'")
-        return outdir
-    try:
-        os.makedirs(outdir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=outdir):
-            pass
-    except OSError as error:
-        raise click.BadParameter(f"{outdir!r} is not a writable directory ({error.strerror or error})",
-                                 param_hint="'--outdir'") from None
-    return outdir
+def _checked(check):
+    """A click callback from a checker that raises ValueError (the option's one-line error)."""
+    def callback(ctx, param, value):
+        try:
+            return check(value)
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
+    return callback
+
+
+def _raise_interrupt(signal_name: str) -> None:
+    raise KeyboardInterrupt(signal_name)  # unwinds like Ctrl+C: temp files removed, ffmpeg killed and reaped
 
 
 def _device(name: str):
@@ -126,31 +131,37 @@ def _gs_params(G, res_visualize, point_index, num_init_near_point, visualize_anc
 @cli.command("videos")
 @click.option("--network", "-n", "network", required=True, metavar="PATH",
               help="snapshot file (network-snapshot-*.pt) or a run directory (its latest snapshot)")
-@click.option("--seeds", type=IntList("seed", maximum=2**32 - 1), default="0-3", show_default=True,
-              help="e.g. 0-3,7")
+@click.option("--seeds", type=IntList("seed", maximum=2**32 - 1, max_count=MAX_SEEDS), default="0-3",
+              show_default=True, help=f"e.g. 0-3,7 (at most {MAX_SEEDS:,} seeds)")
 @click.option("--grid", type=Grid(), default="1x1", show_default=True,
               help="COLSxROWS; len(seeds) must be a multiple of COLS*ROWS (the extra seeds become keyframes)")
 @click.option("--trunc", "truncation_psi", type=float, default=1.0, show_default=True, help="truncation psi")
 @click.option("--trunc-cutoff", "truncation_cutoff", type=click.IntRange(min=0), default=None,
-              help="truncate only the first N ws [default: G's own (all; 14 for compat models)]")
+              help="truncate only the first N ws [default: all ws; 14 for compat models, as the official script]")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False), help="where to write the results")
-@click.option("--frames", "num_frames", type=click.IntRange(min=1), default=240, show_default=True,
+@click.option("--frames", "num_frames", type=click.IntRange(1, MAX_FRAMES), default=240, show_default=True,
               help="frames of the whole loop")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=60, show_default=True)
-@click.option("--bitrate", default="10M", show_default=True, help="H.264 bitrate")
+@click.option("--fps", default="60", show_default=True, callback=_checked(check_fps), help="frames per second")
+@click.option("--bitrate", default="10M", show_default=True, callback=_checked(check_bitrate),
+              help="H.264 bitrate (bits/s, e.g. 10M or 800k)")
 @click.option("--cameras", "camera_preset", type=click.Choice(sorted(CAMERA_PRESETS)), default=None,
               help="camera radius / pivot / focal preset [default: from the snapshot's --cfg, else ffhq]")
 @click.option("--trajectory", type=click.Choice(TRAJECTORIES), default=None,
               help="ffhq: EG3D's yaw/pitch wobble; orbit: full 360 degrees [default: orbit for shapenet, else ffhq]")
 @click.option("--image_mode", "--image-mode", "image_mode", type=click.Choice(IMAGE_MODES), default="image",
               show_default=True, help="colour, negated normalized depth, or coverage")
-@click.option("--nrr", type=click.IntRange(min=1), default=None,
+@click.option("--nrr", type=click.IntRange(1, MAX_RESOLUTION), default=None,
               help="render resolution [default: the generator's]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+              help="rasterizer (any snapshot renders with any backend; auto follows GSGAN_BACKEND, then gsplat on "
+                   "CUDA, cpu on CPU)")
 @click.option("--video/--no-video", default=True, show_default=True, help="write the grid video")
 @click.option("--ply/--no-ply", default=True, show_default=True, help="write seedNNNN.ply (frontal-view Gaussians)")
 @click.option("--ply-frame", type=click.Choice(PLY_FRAMES), default="opencv", show_default=True,
               help="opencv: y down, upright in common splat viewers; eg3d: the generator's y-up world")
+@click.option("--ply-sh-degree", "ply_sh_degree", type=click.IntRange(0, MAX_SH_DEGREE), default=0, show_default=True,
+              help="SH degree written to the .ply (higher coefficients are zero); 3 for the Inria 3DGS tools")
 @click.option("--images/--no-images", default=False, show_default=True,
               help="write seedNNNN.png: colour at 5 yaws (-0.5..0.5 rad) above their depth")
 @click.option("--res_visualize", "--res-visualize", "res_visualize", type=IntList("level"), default=None,
@@ -171,18 +182,32 @@ def _gs_params(G, res_visualize, point_index, num_init_near_point, visualize_anc
               help="fixed colour view direction (0, 0, -1): colours do not change with the camera")
 @click.option("--dry-run", is_flag=True, help="check the options and the snapshot, list the outputs, render nothing")
 def videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_frames, fps, bitrate, camera_preset,
-           trajectory, image_mode, nrr, device, video, ply, ply_frame, images, dry_run, **gs_flags):
+           trajectory, image_mode, nrr, device, backend, video, ply, ply_frame, ply_sh_degree, images, dry_run,
+           **gs_flags):
     """Orbit video of a grid of seeds (default command), plus a .ply per seed and optional still images."""
-    from torch_utils.checkpoint import SnapshotError, load_snapshot, resolve_snapshot
-    from training import media_export, video_utils as vu
+    from torch_utils.run_control import install_stop_handlers, restore_handlers
 
-    cols, rows = grid
+    previous = install_stop_handlers(_raise_interrupt)  # SIGTERM cleans up like Ctrl+C
     try:
-        vu.keyframes_per_cell(len(seeds), cols, rows)
+        _videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_frames, fps, bitrate,
+                camera_preset, trajectory, image_mode, nrr, device, backend, video, ply, ply_frame, ply_sh_degree,
+                images, dry_run, gs_flags)
+    finally:
+        restore_handlers(previous)
+
+
+def _check_backend(backend: str, device):
+    """The rasterizer must exist here and render `device` tensors: refused before any rendering."""
+    from training.generator import check_backend_usable
+
+    try:
+        return check_backend_usable(backend, device)
     except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="'--grid' / '--seeds'") from None
-    outdir = _writable_outdir(outdir, create=not dry_run)
-    device = _device(device)
+        raise click.BadParameter(str(error), param_hint="'--backend'") from None
+
+
+def _load_generator(network: str, device):
+    from torch_utils.checkpoint import SnapshotError, load_snapshot, resolve_snapshot
 
     try:
         path = resolve_snapshot(network)
@@ -190,17 +215,43 @@ def videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_
         snapshot = load_snapshot(path, device="cpu")
     except SnapshotError as error:
         raise click.ClickException(str(error)) from None
-    G = snapshot["G_ema"].to(device)
+    except ValueError as error:  # e.g. init_kwargs beyond the generator's limits
+        raise click.ClickException(f"{network}: {error}") from None
+    return snapshot, snapshot["G_ema"].to(device)
+
+
+def _videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_frames, fps, bitrate, camera_preset,
+            trajectory, image_mode, nrr, device, backend, video, ply, ply_frame, ply_sh_degree, images, dry_run,
+            gs_flags):
+    from training import media_export, video_utils as vu
+
+    cols, rows = grid
+    try:
+        vu.keyframes_per_cell(len(seeds), cols, rows)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--grid' / '--seeds'") from None
+    try:
+        check_output_dir(outdir, "--outdir")
+    except OutputPathError as error:
+        raise click.BadParameter(str(error).removeprefix("--outdir: "), param_hint="'--outdir'") from None
+    device = _device(device)
+    _check_backend(backend, device)
+
+    snapshot, G = _load_generator(network, device)
+    G.backend = backend
     gs_params = _gs_params(G, **gs_flags)
     camera_preset = camera_preset or vu.preset_for_snapshot(snapshot)
     preset = CAMERA_PRESETS[camera_preset]
     trajectory = trajectory or preset.trajectory
     compat = bool(getattr(G, "compat", False))
+    if truncation_cutoff is None and compat:  # the official video script's default; the model's own is all ws
+        truncation_cutoff = COMPAT_TRUNCATION_CUTOFF
+    resolution = nrr or G.neural_rendering_resolution
     if dry_run:
         cells = cols * rows
-        click.echo(f"device {device}, cameras {camera_preset}, trajectory "
+        click.echo(f"device {device}, backend {backend}, cameras {camera_preset}, trajectory "
                    f"{trajectory}, {len(seeds)} seed(s) on a {cols}x{rows} grid ({len(seeds) // cells} keyframe(s) "
-                   f"per cell), render resolution {nrr or G.neural_rendering_resolution}")
+                   f"per cell), render resolution {resolution}")
         if video:
             click.echo(f"would write {os.path.join(outdir, vu.video_filename(seeds, image_mode))} "
                        f"({num_frames} frames at {fps:g} fps)")
@@ -209,7 +260,10 @@ def videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_
                 click.echo(f"would write {len(seeds)} seedNNNN.{kind} file(s) in {outdir}")
         return
 
+    created = make_output_dir(outdir)
     try:
+        if video:
+            vu.check_video_size(cols, rows, resolution, num_frames, image_mode, outdir)
         ws = vu.compute_ws(G, seeds, preset, truncation_psi, truncation_cutoff, device=device)
         if video:
             target = os.path.join(outdir, vu.video_filename(seeds, image_mode))
@@ -219,8 +273,10 @@ def videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_
             click.echo(f"wrote {target} ({num_frames} frames, {trajectory} trajectory)")
         if ply:
             paths = [os.path.join(outdir, f"seed{seed:04d}.ply") for seed in seeds]
-            media_export.export_plys(G, ws, paths, preset, frame=ply_frame, gs_params=gs_params)
-            click.echo(f"wrote {len(paths)} .ply file(s) ({ply_frame} frame), e.g. {paths[0]}")
+            media_export.export_plys(G, ws, paths, preset, frame=ply_frame, gs_params=gs_params,
+                                     sh_degree=ply_sh_degree)
+            click.echo(f"wrote {len(paths)} .ply file(s) ({ply_frame} frame, SH degree {ply_sh_degree}), "
+                       f"e.g. {paths[0]}")
         if images:
             for seed, w in zip(seeds, ws):
                 target = os.path.join(outdir, f"seed{seed:04d}.png")
@@ -228,7 +284,11 @@ def videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_
                                                                         gs_params=gs_params))
             click.echo(f"wrote {len(seeds)} still image(s) seedNNNN.png")
     except (ValueError, OSError) as error:
+        remove_empty(created)
         raise click.ClickException(str(error)) from None
+    except BaseException:
+        remove_empty(created)
+        raise
 
 
 cli.add_command(view)

@@ -6,6 +6,7 @@ channel * (K - 1) + coefficient - 1), opacity (logit), scale_0..2 (log), rot_0..
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -21,6 +22,7 @@ _REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", 
 # World frames a splat .ply can be written in: "opencv" (y down, z forward; what common splat viewers expect and
 # gen_videos exports by default) or "eg3d" (the generator's y-up world).
 PLY_FRAMES = ("opencv", "eg3d")
+MAX_SH_DEGREE = 3  # the largest degree the 3DGS layout (and read_ply) knows
 
 
 def property_names(sh_degree: int) -> list[str]:
@@ -43,8 +45,25 @@ def _rows(g: Gaussians) -> np.ndarray:
                            np32(g.opacity_logits[0])[:, None], np32(g.log_scales[0]), np32(g.quats[0])], axis=1)
 
 
-def write_ply(path: str | os.PathLike, gaussians: Gaussians, scene: int | None = None) -> None:
-    """Write one scene of `gaussians` (B must be 1 unless `scene` picks one) atomically to `path`."""
+def pad_sh(gaussians: Gaussians, sh_degree: int) -> Gaussians:
+    """The same Gaussians with SH degree `sh_degree` (>= theirs): the added coefficients are zero, so every
+    renderer shows the same colours. The Inria 3DGS loader, for one, asserts degree 3 (45 f_rest_* columns)."""
+    if isinstance(sh_degree, bool) or not isinstance(sh_degree, int) or not 0 <= sh_degree <= MAX_SH_DEGREE:
+        raise ValueError(f"sh_degree: expected an integer 0-{MAX_SH_DEGREE}, got {sh_degree!r}")
+    if sh_degree < gaussians.sh_degree:
+        raise ValueError(f"sh_degree: {sh_degree} is below the Gaussians' own degree {gaussians.sh_degree} "
+                         f"(writing would drop colour information)")
+    extra = (sh_degree + 1) ** 2 - gaussians.sh.shape[2]
+    if extra == 0:
+        return gaussians
+    zeros = gaussians.sh.new_zeros(*gaussians.sh.shape[:2], extra, 3)
+    return dataclasses.replace(gaussians, sh=torch.cat([gaussians.sh, zeros], dim=2))
+
+
+def write_ply(path: str | os.PathLike, gaussians: Gaussians, scene: int | None = None,
+              sh_degree: int | None = None) -> None:
+    """Write one scene of `gaussians` (B must be 1 unless `scene` picks one) atomically to `path`; sh_degree
+    (None = the Gaussians' own) pads the colours with zero higher-order coefficients (see pad_sh)."""
     if not isinstance(gaussians, Gaussians):
         raise ValueError(f"write_ply: expected a splatting.Gaussians, got {type(gaussians).__name__}")
     if scene is None:
@@ -56,6 +75,8 @@ def write_ply(path: str | os.PathLike, gaussians: Gaussians, scene: int | None =
         raise ValueError(f"write_ply: scene={scene} is out of range for B = {gaussians.batch_size}")
     g = gaussians.map(lambda t: t[scene:scene + 1])
     g.validate()
+    if sh_degree is not None:
+        g = pad_sh(g, sh_degree)
     names = property_names(g.sh_degree)
     data = np.ascontiguousarray(_rows(g), dtype="<f4")
     header = "\n".join(["ply", "format binary_little_endian 1.0", f"element vertex {data.shape[0]}"]

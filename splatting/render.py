@@ -39,6 +39,7 @@ def _validate_inputs(gaussians, cameras) -> None:
     if cameras.device != gaussians.device:
         raise ValueError(f"cameras: on {cameras.device}, but gaussians are on {gaussians.device}; move both to "
                          f"the same device")
+    _check_precision(gaussians, cameras)
     for name in ("width", "height"):
         value = getattr(cameras, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -46,6 +47,20 @@ def _validate_inputs(gaussians, cameras) -> None:
     _validate_gaussians(gaussians)
     if not bool(torch.isfinite(cameras.world_to_cam).all() & torch.isfinite(cameras.K).all()):
         raise ValueError("cameras: world_to_cam or K contains non-finite values (NaN or inf)")
+
+
+RENDER_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_precision(gaussians: Gaussians, cameras: Cameras) -> None:
+    """Refuse half precision up front: the projection overflows float16 (inverse covariances, depth products) and
+    the rasterizers accumulate in the input dtype, so it fails deep inside with an unhelpful overflow error."""
+    fields = [(f"gaussians.{name}", getattr(gaussians, name))
+              for name in ("means", "log_scales", "quats", "opacity_logits", "sh")]
+    for name, tensor in fields + [("cameras.world_to_cam", cameras.world_to_cam), ("cameras.K", cameras.K)]:
+        if tensor.dtype not in RENDER_DTYPES:
+            raise ValueError(f"{name}: {tensor.dtype} is not supported; render() needs float32 or float64 "
+                             f"(convert with gaussians.map(torch.Tensor.float) / cameras.to(dtype=torch.float32))")
 
 
 def _validate_gaussians(gaussians: Gaussians) -> None:

@@ -301,6 +301,116 @@ def test_bad_zip_and_options(tmp_path):
     assert (out / "exists.zip").read_bytes() == b"keep me"
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--resolution", 1048576], "--resolution"),
+    (["--count", 10 ** 7], "--count"),
+    (["--seed", 2 ** 64], "--seed"),
+])
+def test_synth_refuses_unbounded_work_up_front(tmp_path, args, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run("synth", *args, "--dest", out / "d.zip")
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not os.listdir(out)
+
+
+def _read_only_dir(tmp_path):
+    """A folder this process cannot write into (as root, chmod does not stop writes: use a kernel folder)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return str(folder)
+    try:
+        open("/sys/kernel/.gsgan-probe", "wb").close()
+    except OSError:
+        return "/sys/kernel"
+    os.remove("/sys/kernel/.gsgan-probe")
+    pytest.skip("no read-only folder available to root here")
+
+
+def test_dest_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "file").write_text("x")
+    synth = ["synth", "--count", 4, "--resolution", 8, "--dest"]
+    fails(tmp_path, str(out / "d.zip"), "--dest: " + str(out / "file") + " is a file, not a folder", *synth,
+          out / "file" / "d.zip")
+    fails(tmp_path, str(out / "d.zip"), "does not exist, so the '..' after it", *synth,
+          out / "missing" / ".." / "d.zip")
+    fails(tmp_path, str(out / "d.zip"), "does not exist, so the '..' after it", "contact-sheet", "--source", out,
+          "--dest", out / "missing" / ".." / "s.png")
+    read_only = _read_only_dir(tmp_path)
+    result = run(*synth, os.path.join(read_only, "sub", "d.zip"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: --dest: cannot write into {read_only}")
+    assert not os.path.exists(os.path.join(read_only, "sub"))
+    # '..' after an existing folder resolves as the OS does it, and missing parents are created.
+    (out / "here").mkdir()
+    ok(*synth, out / "here" / ".." / "new" / "d.zip")
+    assert os.listdir(out / "new") == ["d.zip"] and os.listdir(out / "here") == []
+
+
+def test_disk_full_while_writing_keeps_the_old_zip_and_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "d.zip"
+    dest.write_bytes(b"the previous dataset")
+    calls = []
+    original = dataset_tool._zip_write
+
+    def full_after_two(zf, name, data):
+        calls.append(name)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(zf, name, data)
+    monkeypatch.setattr(dataset_tool, "_zip_write", full_after_two)
+    fails(tmp_path, str(dest), f"{dest}: cannot write (No space left on device); nothing was left behind",
+          "synth", "--count", 4, "--resolution", 8, "--dest", dest, "--overwrite")
+    assert dest.read_bytes() == b"the previous dataset"
+    # The same when the folder was created for this run: it goes too.
+    fails(tmp_path, str(dest), "No space left on device", "synth", "--count", 4, "--resolution", 8,
+          "--dest", out / "new" / "d.zip")
+    assert not (out / "new").exists()
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupted_synth_with_workers_leaves_nothing_and_no_traceback(tmp_path, signame):
+    """Ctrl+C reaches the whole process group (workers included); SIGTERM only the main process."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, os.path.join(repo, "dataset_tool.py"), "synth", "--count", "100000",
+                             "--resolution", "32", "--workers", "2", "--dest", str(out / "big.zip")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out.exists() and os.listdir(out)):
+            time.sleep(0.1)
+        assert out.exists() and os.listdir(out), "synth never started writing"
+        time.sleep(0.5)  # the workers may still be importing: they must stay quiet then too
+        sig = getattr(signal, signame)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert not out.exists()  # the temporary zip, then the folder made for it, removed
+
+
 def test_info_reports_bad_image(tmp_path):
     src = _source(tmp_path, {"labels": [["x.png", _valid_label()], ["y.png", _valid_label(1.0)]]})
     buf = io.BytesIO()

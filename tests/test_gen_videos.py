@@ -15,6 +15,7 @@ from training import media_export as me
 from training import video_utils as vu
 from training.discriminator import Discriminator
 from training.generator import OPACITY_ONES_LOGIT_CLEAN, GSGenerator, GSParams
+from training.mp4_writer import VideoError
 
 RES = 32
 TINY_G = dict(img_resolution=RES, num_points=16, res_end=32, channel_base=256, channel_min=16, channel_max=32,
@@ -370,10 +371,183 @@ def test_bad_snapshot_and_outdir(snapshot, tmp_path):
     junk.write_bytes(b"definitely not a snapshot")
     result = run("--network", junk, "--outdir", tmp_path / "o", "--frames", 2)
     assert result.exit_code == 1 and "not a gsgan snapshot" in _error_line(result)
-    assert os.listdir(tmp_path / "o") == []
+    assert not os.path.exists(tmp_path / "o")  # no stub output folder
     result = run("--network", tmp_path / "missing.pt", "--outdir", tmp_path / "o", "--frames", 2)
     assert result.exit_code == 1 and "missing.pt" in _error_line(result)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = run("--network", snapshot, "--outdir", blocker, "--frames", 2)
-    assert result.exit_code == 2 and "--outdir" in _error_line(result)
+    for outdir in (blocker, blocker / "sub"):  # a file where a folder should be, also further up
+        result = run("--network", snapshot, "--outdir", outdir, "--frames", 2)
+        assert result.exit_code == 2 and "--outdir" in _error_line(result) and "is a file" in _error_line(result)
+    result = run("--network", snapshot, "--outdir", tmp_path / "missing" / ".." / "o", "--frames", 2)
+    assert result.exit_code == 2 and "'..' after it" in _error_line(result)
+    assert sorted(os.listdir(tmp_path)) == ["file", "junk.pt"]
+
+
+def _read_only_dir(tmp_path):
+    """A folder this process cannot write into (as root, chmod does not stop writes: use a kernel folder)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return str(folder)
+    folder = "/sys/kernel"
+    try:
+        open(os.path.join(folder, ".gsgan-probe"), "wb").close()
+    except OSError:
+        return folder
+    os.remove(os.path.join(folder, ".gsgan-probe"))
+    pytest.skip("no read-only folder available to root here")
+
+
+def test_read_only_outdir_is_refused_up_front(snapshot, tmp_path):
+    result = run("--network", snapshot, "--outdir", os.path.join(_read_only_dir(tmp_path), "o"), "--frames", 2)
+    assert result.exit_code == 2 and "cannot write into" in _error_line(result)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bitrate", "100"], "--bitrate"),
+    (["--bitrate", "fast"], "like 10M, 800k"),
+    (["--fps", "0"], "--fps"),
+    (["--fps", "nan"], "0.1 to 1000"),
+    (["--frames", 10 ** 9], "--frames"),
+    (["--seeds", "0-4294967296"], "more than 10,000 seeds"),
+    (["--point_index", "0-999999999"], "more than 100,000"),
+    (["--nrr", 100000], "--nrr"),
+    (["--device", "cpu", "--backend", "gsplat"], "--backend"),
+    (["--backend", "fastest"], "--backend"),
+    (["--ply-sh-degree", 4], "--ply-sh-degree"),
+])
+def test_unbounded_or_bad_media_options_are_refused_up_front(snapshot, tmp_path, args, message):
+    result = run("--network", snapshot, "--outdir", tmp_path / "o", *args)
+    assert result.exit_code == 2 and message in _error_line(result), result.output
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_frames_too_large_for_a_video_are_refused(snapshot, tmp_path):
+    result = run("--network", snapshot, "--outdir", tmp_path / "o", "--seeds", "0-2", "--grid", "3x1", "--nrr", 4096)
+    assert result.exit_code == 1 and "12288x4096 frames; at most 8192" in _error_line(result)
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_snapshot_claiming_a_trillion_points_is_refused(snapshot, tmp_path):
+    data = torch.load(snapshot, weights_only=True)
+    data["G_ema"]["init_kwargs"]["num_points"] = 10 ** 12
+    huge = tmp_path / "huge.pt"
+    torch.save(data, huge)
+    result = run("--network", huge, "--outdir", tmp_path / "o", "--frames", 2)
+    assert result.exit_code == 1 and "Gaussians per sample; at most" in _error_line(result)
+    assert not os.path.exists(tmp_path / "o")
+
+
+def _fake_encoder(tmp_path, script):
+    path = tmp_path / "fake-ffmpeg"
+    path.write_text("#!/bin/sh\n" + script + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize("script, message", [
+    ("cat > /dev/null; echo 'x264 [error]: No space left on device' >&2; exit 1",
+     "the encoder failed (exit status 1): x264 [error]: No space left on device"),
+    ("cat > /dev/null; exit 0", "the encoder wrote nothing"),
+])
+def test_encoder_failure_fails_the_command_and_keeps_the_old_video(snapshot, tmp_path, monkeypatch, script, message):
+    import training.mp4_writer
+
+    out = tmp_path / "out"
+    out.mkdir()
+    old = out / "seed0000.mp4"
+    old.write_bytes(b"a good video from yesterday")
+    monkeypatch.setattr(training.mp4_writer, "ffmpeg_executable", lambda: _fake_encoder(tmp_path, script))
+    result = run("--network", snapshot, "--seeds", 0, "--outdir", out, "--frames", 3, "--nrr", 16, "--no-ply")
+    assert result.exit_code == 1 and message in _error_line(result), result.output
+    assert "wrote " + str(out) not in result.output
+    assert old.read_bytes() == b"a good video from yesterday" and os.listdir(out) == ["seed0000.mp4"]
+
+
+def test_writer_reports_an_encoder_that_dies_at_once(tmp_path, monkeypatch):
+    import training.mp4_writer
+
+    monkeypatch.setattr(training.mp4_writer, "ffmpeg_executable",
+                        lambda: _fake_encoder(tmp_path, "echo 'Unknown encoder libx264' >&2; exit 8"))
+    message = r"v.mp4: the encoder (stopped|failed) \(exit status 8\): Unknown encoder libx264"
+    with pytest.raises(VideoError, match=message):
+        with vu.AtomicMp4Writer(str(tmp_path / "v.mp4")) as writer:
+            for _ in range(8):  # 8 x 768 KB: more than a pipe buffer, so a write meets the dead encoder
+                writer.append(np.zeros((512, 512, 3), np.uint8))
+    assert sorted(os.listdir(tmp_path)) == ["fake-ffmpeg"]
+
+
+def test_sigterm_leaves_no_temp_file_and_no_ffmpeg(snapshot, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, os.path.join(repo, "gen_videos.py"), "--network", snapshot, "--seeds", "0",
+                             "--outdir", str(out), "--frames", "100000", "--nrr", "16", "--no-ply", "--backend",
+                             "reference"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline, encoders = time.monotonic() + 120, []
+        while time.monotonic() < deadline and not encoders:  # wait until frames flow into ffmpeg
+            time.sleep(0.2)
+            children = f"/proc/{proc.pid}/task/{proc.pid}/children"
+            if os.path.exists(children) and out.exists() and os.listdir(out):
+                encoders = open(children).read().split()
+        assert encoders, "ffmpeg never started"
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode != 0 and "Traceback" not in output, output
+    assert not out.exists()  # the temp video removed, then the folder this run created
+    for pid in encoders:
+        assert not os.path.exists(f"/proc/{pid}"), "ffmpeg outlived gen_videos"
+
+
+def test_ply_sh_degree_pads_zero_coefficients(G, snapshot, tmp_path):
+    from plyfile import PlyData
+
+    result = run("--network", snapshot, "--seeds", 1, "--outdir", tmp_path, "--no-video", "--ply-sh-degree", 3)
+    assert result.exit_code == 0 and "SH degree 3" in result.output, result.output
+    vertex = PlyData.read(str(tmp_path / "seed0001.ply"))["vertex"]
+    assert [p.name for p in vertex.properties] == property_names(3)  # 45 f_rest_* columns, Inria's layout
+    assert all((np.asarray(vertex[f"f_rest_{i}"]) == 0).all() for i in range(45))
+    padded = read(tmp_path / "seed0001.ply")
+    assert run("--network", snapshot, "--seeds", 1, "--outdir", tmp_path, "--no-video").exit_code == 0
+    plain = read(tmp_path / "seed0001.ply")
+    assert padded.sh_degree == 3 and plain.sh_degree == 0
+    assert torch.equal(padded.sh[:, :, :1], plain.sh) and torch.equal(padded.means, plain.means)
+
+
+def test_backend_option_picks_the_rasterizer(snapshot, tmp_path, monkeypatch):
+    import splatting.backends.reference as reference
+
+    calls = []
+    original = reference.rasterize
+    monkeypatch.setattr(reference, "rasterize", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.delenv("GSGAN_BACKEND", raising=False)
+    result = run("--network", snapshot, "--seeds", 0, "--outdir", tmp_path, "--no-video", "--no-ply", "--images",
+                 "--nrr", 16, "--backend", "reference")
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1  # the five still views in one call, through the chosen backend
+
+
+def test_pad_sh_keeps_colours_and_refuses_dropping_them():
+    from splatting import Gaussians
+    from splatting.ply import pad_sh
+
+    g = Gaussians(means=torch.zeros(1, 2, 3), log_scales=torch.zeros(1, 2, 3), quats=torch.ones(1, 2, 4),
+                  opacity_logits=torch.zeros(1, 2), sh=torch.rand(1, 2, 4, 3))  # degree 1
+    padded = pad_sh(g, 3)
+    assert padded.sh.shape == (1, 2, 16, 3) and torch.equal(padded.sh[:, :, :4], g.sh)
+    assert (padded.sh[:, :, 4:] == 0).all() and pad_sh(g, 1) is g
+    with pytest.raises(ValueError, match="sh_degree: 0 is below the Gaussians' own degree 1"):
+        pad_sh(g, 0)
+    with pytest.raises(ValueError, match="sh_degree: expected an integer 0-3, got 4"):
+        pad_sh(g, 4)

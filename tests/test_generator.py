@@ -203,9 +203,11 @@ def test_mapping_truncation_emas_and_pose_conditioning():
     torch.testing.assert_close(M(z, c), M(z, torch.zeros_like(c)))
     G = GSGenerator(**SMALL, compat=True, bg_num_points=8)
     G.mapping_network.w_avg.normal_()
-    out = G.mapping(z, c, truncation_psi=0.0)
-    torch.testing.assert_close(out[:, :14], G.mapping_network.w_avg.expand(4, 14, 512))
-    assert not torch.allclose(out[:, 14], G.mapping_network.w_avg)
+    out = G.mapping(z, c, truncation_psi=0.0)  # compat without a cutoff truncates every ws, as the official code
+    torch.testing.assert_close(out, G.mapping_network.w_avg.expand(4, 17, 512))
+    cut = G.mapping(z, c, truncation_psi=0.0, truncation_cutoff=14)  # the official video script's cutoff
+    torch.testing.assert_close(cut[:, :14], G.mapping_network.w_avg.expand(4, 14, 512))
+    assert not torch.allclose(cut[:, 14], G.mapping_network.w_avg)
 
 
 # --------------------------------------------------------------------------------------------------

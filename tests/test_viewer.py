@@ -4,6 +4,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import urllib.request
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_invalid_files_are_refused_with_a_clear_message(tmp_path, content, expec
 def test_cli_prints_the_refusal_on_the_console(tmp_path):
     bad = tmp_path / "mesh.ply"
     bad.write_bytes(b"garbage")
-    proc = subprocess.Popen(["python", "-m", "viewer", str(bad), "--port", "0", "--no-browser"],
+    proc = subprocess.Popen([sys.executable, "-m", "viewer", str(bad), "--port", "0", "--no-browser"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
@@ -121,3 +122,70 @@ def test_browser_shows_the_refusal_in_the_page(tmp_path):
     finally:
         server.shutdown()
     assert 'data-state="error"' in dom and "not a valid 3D Gaussian splat .ply" in dom
+
+
+def _get_with_host(port, host):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", "/scene.json", skip_host=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_server_answers_only_to_loopback_host_names(blob_ply):
+    """DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends Host: evil.example:PORT."""
+    server, _ = start_server(blob_ply, port=0)
+    try:
+        port = server.server_address[1]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", "127.0.0.1"):
+            assert _get_with_host(port, host)[0] == 200, host
+        for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", "", None,
+                     f"localhost:{port}x"):
+            status, body = _get_with_host(port, host)
+            assert status == 403 and b"127.0.0.1" in body and b"count" not in body, host
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_port_in_use_is_one_line_error(blob_ply, tmp_path):
+    from click.testing import CliRunner
+
+    from viewer.cli import view
+    from viewer.server import ViewerError
+
+    server, _ = start_server(blob_ply, port=0)
+    try:
+        port = server.server_address[1]
+        with pytest.raises(ViewerError, match=f"--port {port}: 127.0.0.1:{port} is already in use"):
+            start_server(blob_ply, port=port)
+        result = CliRunner().invoke(view, [blob_ply, "--port", str(port), "--no-browser"])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: --port") and "already in use" in lines[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_huge_scales_are_refused_not_shipped_as_infinite_covariances(tmp_path):
+    g = _blob(n=100)
+    g.log_scales[0, :3, 1] = 60.0  # exp(60)^2 overflows float32
+    path = tmp_path / "huge.ply"
+    write_ply(str(path), g)
+    scene = pack_splats(str(path))
+    assert scene.payload == b""
+    assert scene.meta["error"].startswith("huge.ply: 3 of 100 splats have log-scales up to 60")
+    fine = tmp_path / "fine.ply"
+    g.log_scales[0, :3, 1] = 25.0  # large but representable: packed finite
+    write_ply(str(fine), g)
+    scene = pack_splats(str(fine))
+    assert "error" not in scene.meta
+    assert np.isfinite(np.frombuffer(scene.payload, dtype="<f4")).all()

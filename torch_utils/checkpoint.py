@@ -81,7 +81,7 @@ def build_module(record, device="cpu", what: str = "module", path: str = "") -> 
         raise SnapshotError(f"{prefix}: init_kwargs and state_dict must be dicts")
     try:
         module = registered_class(name)(**init_kwargs)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:  # a constructor refuses bad sizes with a ValueError
         raise SnapshotError(f"{prefix}: cannot construct {name} from its init_kwargs: {error}") from None
     try:
         module.load_state_dict(state, strict=True)
@@ -146,6 +146,14 @@ def read_snapshot_dict(path: str) -> dict:
     """The raw snapshot dict (tensors on CPU) after format checks; never unpickles arbitrary objects."""
     if not os.path.isfile(path):
         raise SnapshotError(f"{path}: no such snapshot file")
+    if path.lower().endswith(".pkl"):  # an official GSGAN network pickle: converted in memory, none of its code run
+        import sys
+        from training.official_import import import_network_pickle
+        result = import_network_pickle(path)
+        print(f"gsgan: {path} is an official network pickle, converted in memory (compat mode; "
+              f"import_official.py writes it as a .pt once): " + "; ".join(result.summary_lines()),
+              file=sys.stderr, flush=True)
+        return result.snapshot
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  arbitrary bytes raise arbitrary errors; nothing was executed

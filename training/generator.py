@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from splatting.backends import BACKENDS
 from splatting.gaussians import Gaussians
 from training.background import BackgroundGenerator
 from training.mapping import MappingNetwork
@@ -18,6 +19,40 @@ from training.point_generator import PointGenerator
 OPACITY_ONES_LOGIT_COMPAT = 1.0
 OPACITY_ONES_LOGIT_CLEAN = math.log(0.999 / 0.001)
 COMPAT_TRUNCATION_CUTOFF = 14  # EG3D leftover used by the official scripts
+# Refused at construction, before any parameter is allocated: a configuration (or a snapshot's init_kwargs) asking
+# for more Gaussians per sample than this cannot be rendered in any reasonable memory (the paper's FFHQ-512 model
+# has about 0.36 M; 16.8 M Gaussians are ~1 GB of raw parameters per sample before any activation).
+MAX_GAUSSIANS_PER_SAMPLE = 2 ** 24
+
+
+def check_backend_name(name) -> str:
+    """'auto' or a splatting backend name; ValueError naming the valid ones otherwise."""
+    if not isinstance(name, str) or (name != "auto" and name not in BACKENDS):
+        raise ValueError(f"backend: unknown name {name!r}; valid: 'auto', {', '.join(map(repr, BACKENDS))}")
+    return name
+
+
+def check_backend_usable(name: str, device) -> str:
+    """`name` must be known, available here and able to render `device` tensors; otherwise ValueError with the
+    first line of the reason (the CLIs check --backend with this before any rendering)."""
+    from splatting.backends import get_backend
+
+    try:
+        get_backend(check_backend_name(name), device)
+    except RuntimeError as error:
+        raise ValueError(str(error).splitlines()[0]) from None
+    return name
+
+
+def _configured_gaussians(num_points, res_end, up_ratio, bg_num_points, bg_up_ratio) -> int | None:
+    """Gaussians per sample implied by the constructor arguments (PointGenerator.level_counts: num_points *
+    up_ratio^l for l < log2(res_end / 4), plus the background's num_points * (1 + up_ratio)); None when the
+    arguments are malformed (the sub-modules then raise their own precise message)."""
+    ints = (num_points, res_end, up_ratio, bg_num_points, bg_up_ratio)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints) or res_end < 8 or up_ratio < 1:
+        return None
+    levels = max(res_end // 4, 1).bit_length() - 1
+    return num_points * sum(up_ratio ** level for level in range(levels)) + max(bg_num_points, 0) * (1 + bg_up_ratio)
 
 
 @dataclass(frozen=True)
@@ -55,7 +90,13 @@ class GSParams:
 
 
 class GSGenerator(nn.Module):
-    """z [B, z_dim], c [B, 25] -> image [B, 3, H, W] in [-1, 1] rendered from Gaussians (see docs/interfaces.md)."""
+    """z [B, z_dim], c [B, 25] -> image [B, 3, H, W] in [-1, 1] rendered from Gaussians (see docs/interfaces.md).
+
+    The rasterizer backend is a render-time choice, not part of the model: `synthesis(..., backend=...)` for one
+    call, otherwise the `backend` attribute ('auto' after construction and after loading a snapshot; 'auto'
+    follows GSGAN_BACKEND, then gsplat on CUDA / cpu on CPU). `rendering_backend` is accepted and ignored: snapshots
+    written while the backend was a constructor argument carry it in their init_kwargs.
+    """
 
     def __init__(self, img_resolution: int = 256, z_dim: int = 512, w_dim: int = 512, c_dim: int = 25,
                  num_points: int = 256, res_end: int = 128, up_ratio: int = 4, channel_base: int = 8192,
@@ -69,14 +110,19 @@ class GSGenerator(nn.Module):
                  c_scale: float = 1.0, gen_pose_cond: bool = True, map_depth: int = 2,
                  map_lr_multiplier: float = 0.01, w_avg_beta: float = 0.998,
                  neural_rendering_resolution: int | None = None, rendering_backend: str = "auto"):
-        self_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__", "rendering_backend")}
+        total = _configured_gaussians(num_points, res_end, up_ratio, bg_num_points, bg_up_ratio)
+        if total is not None and total > MAX_GAUSSIANS_PER_SAMPLE:
+            raise ValueError(f"GSGenerator: num_points={num_points}, res_end={res_end}, up_ratio={up_ratio}, "
+                             f"bg_num_points={bg_num_points} give {total:,} Gaussians per sample; at most "
+                             f"{MAX_GAUSSIANS_PER_SAMPLE:,} are supported")
         super().__init__()
         self.init_kwargs = self_kwargs
+        self.backend = "auto"
         self.img_resolution, self.z_dim, self.w_dim, self.c_dim = img_resolution, z_dim, w_dim, c_dim
         self.compat = compat
         self.near_plane = near_plane
         self.neural_rendering_resolution = neural_rendering_resolution or img_resolution
-        self.rendering_backend = rendering_backend
         self.points = PointGenerator(
             w_dim=w_dim, num_points=num_points, res_end=res_end, img_resolution=img_resolution, up_ratio=up_ratio,
             channel_base=channel_base, channel_min=channel_min, channel_max=channel_max, num_heads=num_heads,
@@ -96,6 +142,15 @@ class GSGenerator(nn.Module):
                                               lr_multiplier=map_lr_multiplier, c_scale=c_scale,
                                               w_avg_beta=w_avg_beta, pose_cond=gen_pose_cond)
 
+    @property
+    def backend(self) -> str:
+        """Rasterizer backend of calls that name none (a runtime setting: never saved in snapshots)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        self._backend = check_backend_name(name)
+
     # ----------------------------------------------------------------------------------------------
     def gaussian_counts(self) -> dict:
         """Gaussians per sample, from the configuration alone (no forward pass)."""
@@ -106,16 +161,16 @@ class GSGenerator(nn.Module):
 
     def mapping(self, z: Tensor, c: Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                 update_emas: bool = False) -> Tensor:
-        """-> ws [B, num_ws, w_dim]. truncation_cutoff=None means all ws (clean) or the first 14 (compat)."""
-        if truncation_cutoff is None and self.compat:
-            truncation_cutoff = COMPAT_TRUNCATION_CUTOFF
+        """-> ws [B, num_ws, w_dim]. truncation_cutoff=None truncates all ws, in both modes: the official mapping
+        does too; the official video script's cutoff of 14 (COMPAT_TRUNCATION_CUTOFF) is a choice of the CLIs."""
         return self.mapping_network(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
                                     update_emas=update_emas)
 
     def synthesis(self, ws: Tensor, c: Tensor, neural_rendering_resolution: int | None = None,
-                  gs_params: GSParams | None = None, background: bool = True) -> dict:
+                  gs_params: GSParams | None = None, background: bool = True, backend: str | None = None) -> dict:
         """ws [B, num_ws, w_dim], c [B, 25] rendering camera -> dict(image, image_depth, image_alpha, gaussians,
-        anchors). background=False (or gs_params.disable_background) leaves the background generator unused."""
+        anchors). background=False (or gs_params.disable_background) leaves the background generator unused.
+        backend: rasterizer for this call (None = self.backend)."""
         from splatting import Cameras, render  # the rasterizer is only needed here
 
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
@@ -135,7 +190,8 @@ class GSGenerator(nn.Module):
         if background and not gp.disable_background and self.background is not None:
             parts.append(self.background(ws[:, -1]))
         gaussians = Gaussians.cat(parts)
-        out = render(gaussians, cameras, background=None, backend=self.rendering_backend)
+        out = render(gaussians, cameras, background=None,
+                     backend=self.backend if backend is None else check_backend_name(backend))
         color, depth, alpha = out.color[:, 0], out.depth[:, 0], out.alpha[:, 0]
         if self.compat:  # official depth: sum of w * z (not alpha-normalized), empty pixels set to the image's max
             depth = depth * alpha

@@ -56,14 +56,15 @@ def frontal_gaussians(G, ws: Tensor, preset: CameraPreset, gs_params=None, resol
 
 
 def export_plys(G, ws: Tensor, paths: list[str], preset: CameraPreset, frame: str = "opencv", gs_params=None,
-                batch: int = 8) -> list[str]:
-    """Write the frontal-view Gaussians of ws[i] to paths[i] (3DGS-standard binary PLY, atomic per file)."""
+                batch: int = 8, sh_degree: int = 0) -> list[str]:
+    """Write the frontal-view Gaussians of ws[i] to paths[i] (3DGS-standard binary PLY, atomic per file);
+    sh_degree > 0 adds zero higher-order colour coefficients for readers that insist on them."""
     if len(paths) != ws.shape[0]:
         raise ValueError(f"export_plys: {ws.shape[0]} ws but {len(paths)} paths")
     for start in range(0, len(paths), batch):
         gaussians = to_ply_frame(frontal_gaussians(G, ws[start:start + batch], preset, gs_params), frame)
         for i, path in enumerate(paths[start:start + batch]):
-            write_ply(path, gaussians, scene=i)
+            write_ply(path, gaussians, scene=i, sh_degree=sh_degree)
     return paths
 
 

@@ -99,6 +99,7 @@ class Trainer:
         sized = self.cfg.replace(data=self.cfg.data.replace(resolution=self.resolution))
         g_kwargs, d_kwargs = sized.generator_kwargs(), sized.discriminator_kwargs()
         self.G = GSGenerator(**g_kwargs).train().requires_grad_(False).to(self.device)
+        self.G.backend = g_kwargs.get("rendering_backend", "auto")  # a runtime choice: never saved in snapshots
         self.D = Discriminator(**d_kwargs).train().requires_grad_(False).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval()
         self.augment_pipe, self.ada = None, None

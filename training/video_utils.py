@@ -18,10 +18,17 @@ from torch import Tensor
 
 from splatting.cameras import eg3d_label
 from training import camera_sampling as cs
+from training.mp4_writer import AtomicMp4Writer  # noqa: F401  (re-exported for callers of render_video)
 
 IMAGE_MODES = ("image", "image_depth", "image_alpha")
 TRAJECTORIES = ("ffhq", "orbit")
 EMPTY_ALPHA = 1e-3  # pixels with less coverage have no depth; they are drawn as "far"
+# Limits refused up front (the work grows with them, and beyond them a typo, not an intent, is the likely cause).
+MAX_LIST_LENGTH = 100_000    # entries of an integer list such as --point_index
+MAX_SEEDS = 10_000           # --seeds: one generator call, one .ply and one still image per seed
+MAX_FRAMES = 100_000         # --frames: 28 minutes at 60 fps
+MAX_RESOLUTION = 4096        # --nrr
+MAX_FRAME_SIDE = 8192        # a video frame (grid columns or rows x render resolution), H.264's practical limit
 
 
 @dataclass(frozen=True)
@@ -52,9 +59,11 @@ def preset_for_snapshot(snapshot: dict) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # Parsing command-line lists.
-def parse_int_list(text: str, what: str = "value") -> list[int]:
-    """'0-3,7' -> [0, 1, 2, 3, 7]. Ranges are inclusive; raises ValueError naming `what`."""
+def parse_int_list(text: str, what: str = "value", max_count: int = MAX_LIST_LENGTH) -> list[int]:
+    """'0-3,7' -> [0, 1, 2, 3, 7]. Ranges are inclusive; raises ValueError naming `what`, also for more than
+    max_count entries (counted before any range is expanded)."""
     values: list[int] = []
+    count = 0
     parts = [p.strip() for p in str(text).split(",")]
     if not text or any(not p for p in parts):
         raise ValueError(f"expected a comma-separated list of {what}s or ranges like 0-3,7, got {text!r}")
@@ -68,6 +77,9 @@ def parse_int_list(text: str, what: str = "value") -> list[int]:
                 from None
         if stop < start:
             raise ValueError(f"range {part!r} is empty (end < start)")
+        count += stop - start + 1
+        if count > max_count:
+            raise ValueError(f"{text!r} lists more than {max_count:,} {what}s (at most {max_count:,} are supported)")
         values.extend(range(start, stop + 1))
     return values
 
@@ -211,60 +223,6 @@ def normalize_depth(depth: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.nda
 
 
 # --------------------------------------------------------------------------------------------------
-# Writing.
-class AtomicMp4Writer:
-    """H.264 (yuv420p) mp4 written to a hidden temp file next to `path` and renamed into place only on success.
-
-    Use as a context manager: an exception or KeyboardInterrupt inside the block removes the temp file, so a
-    failed run never leaves a partial video behind.
-    """
-
-    def __init__(self, path: str, fps: float = 60, bitrate: str = "10M"):
-        self.path, self.fps, self.bitrate = os.fspath(path), fps, bitrate
-        self._tmp: str | None = None
-        self._gen = None
-        self.frames_written = 0
-
-    def __enter__(self) -> "AtomicMp4Writer":
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mp4", dir=directory)
-        os.close(fd)
-        return self
-
-    def append(self, frame: np.ndarray) -> None:
-        """frame: uint8 [H, W, 3]; odd sizes are padded by one edge pixel (yuv420p needs even sizes)."""
-        import imageio_ffmpeg
-
-        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"AtomicMp4Writer.append: expected uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
-        h, w = frame.shape[:2]
-        if h % 2 or w % 2:
-            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        if self._gen is None:
-            self._gen = imageio_ffmpeg.write_frames(
-                self._tmp, (frame.shape[1], frame.shape[0]), pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-                fps=self.fps, quality=None, bitrate=self.bitrate, codec="libx264", macro_block_size=2,
-                ffmpeg_log_level="error", output_params=["-movflags", "+faststart"])
-            self._gen.send(None)
-        self._gen.send(np.ascontiguousarray(frame))
-        self.frames_written += 1
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        try:
-            if self._gen is not None:
-                self._gen.close()
-            if exc_type is None:
-                if self.frames_written == 0:
-                    raise ValueError(f"{self.path}: no frames to write")
-                os.chmod(self._tmp, 0o644)
-                os.replace(self._tmp, self.path)
-        finally:
-            if self._tmp is not None and os.path.exists(self._tmp):
-                os.remove(self._tmp)
-        return False
-
-
-# --------------------------------------------------------------------------------------------------
 # The video.
 def _frame_outputs(G, keyframes: Tensor, labels: Tensor, resolution: int | None, gs_params):
     """Yields the synthesis output of every frame: all cells of a frame in one generator call."""
@@ -276,6 +234,24 @@ def _frame_outputs(G, keyframes: Tensor, labels: Tensor, resolution: int | None,
         with torch.no_grad():
             yield G.synthesis(ws, labels[t:t + 1].expand(cells, -1), neural_rendering_resolution=resolution,
                               gs_params=gs_params)
+
+
+def check_video_size(cols: int, rows: int, resolution: int, num_frames: int, image_mode: str, directory: str) -> None:
+    """Refuse, before rendering, a video whose frames exceed MAX_FRAME_SIDE, or a depth video whose scratch file
+    (every frame's float32 depth, kept to normalize over the whole video) does not fit on the disk."""
+    width, height = cols * resolution, rows * resolution
+    if max(width, height) > MAX_FRAME_SIDE:
+        raise ValueError(f"a {cols}x{rows} grid at render resolution {resolution} makes {width}x{height} frames; "
+                         f"at most {MAX_FRAME_SIDE} pixels per side are supported (use a smaller --grid or --nrr)")
+    if image_mode == "image_depth":
+        import shutil
+
+        need = num_frames * width * height * 4
+        free = shutil.disk_usage(directory).free
+        if need > free:
+            raise ValueError(f"--image_mode image_depth: {num_frames} frames of {width}x{height} need "
+                             f"{need / 1e9:.1f} GB of scratch space in {directory}, only {free / 1e9:.1f} GB are "
+                             f"free (use fewer --frames)")
 
 
 @torch.no_grad()

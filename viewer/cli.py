@@ -12,6 +12,10 @@ from splatting.ply import PLY_FRAMES
 @click.option("--browser/--no-browser", default=True, show_default=True, help="open the page in the default browser")
 def view(ply, port, frame, browser):
     """Serve an interactive WebGL view of a splat .ply on 127.0.0.1 (nothing is loaded from the internet)."""
-    from viewer.server import serve  # lazy: keeps --help fast
+    from viewer.server import ViewerError, serve  # lazy: keeps --help fast
 
-    raise SystemExit(serve(ply, port=port, frame=frame, open_browser=browser))
+    try:
+        code = serve(ply, port=port, frame=frame, open_browser=browser)
+    except ViewerError as error:
+        raise click.ClickException(str(error)) from None
+    raise SystemExit(code)

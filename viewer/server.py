@@ -2,7 +2,8 @@
 
 The server validates the file with `splatting.ply.read_ply`, applies the activations through `Gaussians` (so the
 viewer shows exactly what our renderer would) and hands the page a compact float32 buffer; the page only sorts and
-draws. It binds to 127.0.0.1 only and loads nothing from the internet.
+draws. It binds to 127.0.0.1 only, answers only requests addressed to 127.0.0.1 or localhost (the Host header:
+no DNS rebinding) and loads nothing from the internet.
 """
 from __future__ import annotations
 
@@ -27,6 +28,16 @@ STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/index.html": ("index.html", "text/html; charset=utf-8"),
                 "/viewer.js": ("viewer.js", "text/javascript; charset=utf-8")}
 FLOATS_PER_SPLAT = 13  # center xyz, rgba, 3D covariance (xx, xy, xz, yy, yz, zz)
+# Log-scales above this are refused: exp(2 * 30) ~ 1e26 is the largest covariance the page's float32 projection
+# (times focal^2 ~ 1e6) still handles without overflowing to infinity. Real splats stay far below it.
+MAX_LOG_SCALE = 30.0
+# The page is served only to these Host names: a web page elsewhere cannot reach it by DNS rebinding (pointing a
+# name it controls at 127.0.0.1), because its requests carry its own name in the Host header.
+ALLOWED_HOSTS = ("127.0.0.1", "localhost")
+
+
+class ViewerError(ValueError):
+    """The viewer cannot start (e.g. the port is taken); the message names the option."""
 
 log = logging.getLogger("gsgan.viewer")
 
@@ -48,6 +59,12 @@ def pack_splats(path: str, frame: str = "opencv") -> Scene:
         g.validate()
     except (OSError, ValueError) as exc:
         reason = f"{name} is not a valid 3D Gaussian splat .ply: {exc}"
+        return Scene(meta={"error": reason, "file": name})
+    too_large = g.log_scales[0].amax(dim=-1) > MAX_LOG_SCALE
+    if bool(too_large.any()):
+        reason = (f"{name}: {int(too_large.sum()):,} of {g.num_gaussians:,} splats have log-scales up to "
+                  f"{float(g.log_scales.max()):g} (scale_0..2 above {MAX_LOG_SCALE:g}, i.e. sizes beyond 1e13, would "
+                  f"overflow the covariances to infinity); refusing to show the file")
         return Scene(meta={"error": reason, "file": name})
     with torch.no_grad():
         g = g.map(torch.Tensor.double)
@@ -75,9 +92,21 @@ def _robust_bounds(means: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, fl
     return center, max(radius, 1e-3)
 
 
+def allowed_host(header: str | None) -> bool:
+    """True for a Host header naming the loopback server ('127.0.0.1[:port]' or 'localhost[:port]')."""
+    if not header:
+        return False
+    name, _, port = header.strip().rpartition(":") if ":" in header else (header.strip(), "", "")
+    return name.lower() in ALLOWED_HOSTS and (port == "" or port.isdigit())
+
+
 def make_handler(scene: Scene):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server API)
+            if not allowed_host(self.headers.get("Host")):
+                self._send(HTTPStatus.FORBIDDEN, "text/plain", b"forbidden: the viewer answers only to 127.0.0.1 "
+                                                               b"and localhost")
+                return
             route = self.path.split("?", 1)[0]
             if route in STATIC_FILES:
                 fname, ctype = STATIC_FILES[route]
@@ -108,8 +137,21 @@ def start_server(path: str, port: int = 8000, frame: str = "opencv") -> tuple[Th
     """Start serving `path` on 127.0.0.1:port (0 = any free port) in a background thread."""
     if frame not in PLY_FRAMES:
         raise ValueError(f"frame must be one of {PLY_FRAMES}, got {frame!r}")
-    scene = pack_splats(path, frame)
-    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(scene))
+    try:  # bind first: a taken port is refused before a large file is read
+        server = ThreadingHTTPServer(("127.0.0.1", port), BaseHTTPRequestHandler)
+    except OSError as error:
+        import errno
+
+        if error.errno == errno.EADDRINUSE:
+            raise ViewerError(f"--port {port}: 127.0.0.1:{port} is already in use (another viewer?); pick another "
+                              f"port, or --port 0 for a free one") from None
+        raise ViewerError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({error.strerror or error})") from None
+    try:
+        scene = pack_splats(path, frame)
+    except BaseException:
+        server.server_close()
+        raise
+    server.RequestHandlerClass = make_handler(scene)
     threading.Thread(target=server.serve_forever, name="gsgan-viewer", daemon=True).start()
     return server, scene
 
@@ -131,4 +173,5 @@ def serve(path: str, port: int = 8000, frame: str = "opencv", open_browser: bool
         pass
     finally:
         server.shutdown()
+        server.server_close()
     return 1 if "error" in scene.meta else 0
