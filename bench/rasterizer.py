@@ -1,11 +1,14 @@
 """Rasterizer benchmark: every available backend on GAN-like scenes, end to end (render) and rasterize alone.
 
-    python bench/rasterizer.py [--cases 64,128,256] [--reference-all] [--repeats 3]
+    python bench/rasterizer.py [--cases 64,128,256,512] [--reference-all] [--repeats 3] [--before DIR]
 
 Each (case, backend) runs in its own subprocess so that its peak memory is a clean ru_maxrss delta (CPU) or
-torch.cuda.max_memory_allocated (CUDA). Reported per case and backend: forward and forward+backward ms/image
-for render() and for the rasterize step alone, Gaussian-pixel pairs per second, peak memory, and the
-reference/backend speed ratio measured in the same run. Results go to bench/results/rasterizer-<time>.json.
+torch.cuda.max_memory_allocated (CUDA). Reported per case and backend: forward, backward and forward+backward
+ms/image for render() and for the rasterize step alone, the backward-to-forward ratio, Gaussian-pixel pairs per
+second, peak memory, and the reference/backend speed ratio measured in the same run. With --before DIR (another
+checkout of gsgan, e.g. `git worktree add /tmp/gsgan-before HEAD~1`), every measurement is repeated with DIR's
+splatting package, in the same run, and the before/current speed-ups are printed. The machine's load average
+is recorded at the start and the end. Results go to bench/results/rasterizer-<time>.json.
 
 "pairs" is estimated from the contract's tile lists, identically for every backend: for each Gaussian with
 radius > 0, the number of pixels in the tiles its tile rectangle covers (an upper bound: it ignores the early
@@ -35,6 +38,7 @@ CASES = {
     "64": (64, 4096, 8, "cpu"),
     "128": (128, 21760, 8, "cpu"),
     "256": (256, 87296, 4, "cpu"),
+    "512": (512, 359440, 2, "cpu"),
     "512-cuda": (512, 359440, 32, "cuda"),
 }
 FOCAL = 4.2647  # EG3D FFHQ normalized focal length
@@ -91,21 +95,31 @@ def contract_pairs(means2d, radii, width: int, height: int) -> int:
     return int(torch.where(radii > 0, pixels, torch.zeros_like(pixels)).sum())
 
 
-def _timed(fn, sync, repeats: int, warmup: bool) -> tuple[float, float]:
-    """(wall, process CPU) seconds of fn(): medians over `repeats` runs, after one warm-up run if `warmup`.
+def _median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def _timed(fn, sync, repeats: int, warmup: bool) -> list[tuple[float, float]]:
+    """Per phase of fn, (wall, process CPU) seconds: medians over `repeats` runs, after one warm-up run if
+    `warmup`. fn(mark) calls mark() between its phases (forward | backward); a phase-less fn has one phase.
 
     CPU time (all threads) is reported beside wall time because the machine may be shared."""
     if warmup:
-        fn()
+        fn(sync)
         sync()
-    times = []
+    runs = []
     for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start, time.process_time() - start_cpu))
-    walls, cpus = sorted(t[0] for t in times), sorted(t[1] for t in times)
-    return walls[len(walls) // 2], cpus[len(cpus) // 2]
+        stamps = [(time.perf_counter(), time.process_time())]
+
+        def mark():
+            sync()
+            stamps.append((time.perf_counter(), time.process_time()))
+
+        fn(mark)
+        mark()
+        runs.append([(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:])])
+    return [(_median(r[i][0] for r in runs), _median(r[i][1] for r in runs)) for i in range(len(runs[0]))]
 
 
 def worker(case: str, backend: str, repeats: int) -> dict:
@@ -132,21 +146,25 @@ def worker(case: str, backend: str, repeats: int) -> dict:
     for t in params:
         t.requires_grad_(True)
 
-    def raster_fwd():
+    def raster_fwd(mark):
         with torch.no_grad():
             module.rasterize(*args, resolution, resolution)
 
-    def raster_fwd_bwd():
+    def raster_fwd_bwd(mark):  # forward with autograd recording | backward
         out, alpha = module.rasterize(*leaves, *args[4:], resolution, resolution)
-        ((out * weights).sum() + alpha.sum()).backward()
+        loss = (out * weights).sum() + alpha.sum()
+        mark()
+        loss.backward()
 
-    def render_fwd():
+    def render_fwd(mark):
         with torch.no_grad():
             render(gaussians, cameras, backend=backend)
 
-    def render_fwd_bwd():
+    def render_fwd_bwd(mark):
         out = render(gaussians, cameras, backend=backend)
-        (out.color.square().mean() + out.alpha.mean() + out.depth.mean()).backward()
+        loss = out.color.square().mean() + out.alpha.mean() + out.depth.mean()
+        mark()
+        loss.backward()
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -154,11 +172,20 @@ def worker(case: str, backend: str, repeats: int) -> dict:
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     row = dict(case=case, backend=backend, device=device, resolution=resolution, gaussians=n, batch=batch)
     warmup = backend != "reference"  # the reference is too slow to run twice; it has nothing to warm up
-    for key, fn in (("raster_fwd", raster_fwd), ("raster_fwd_bwd", raster_fwd_bwd), ("render_fwd", render_fwd),
+    for key, fn in (("raster", raster_fwd), ("raster_fwd_bwd", raster_fwd_bwd), ("render", render_fwd),
                     ("render_fwd_bwd", render_fwd_bwd)):
-        wall, cpu_time = _timed(fn, sync, repeats, warmup)
-        row[f"{key}_ms_per_image"] = 1e3 * wall / batch
-        row[f"{key}_cpu_ms_per_image"] = 1e3 * cpu_time / batch
+        phases = _timed(fn, sync, repeats, warmup)
+        if len(phases) == 1:  # no-grad forward
+            names, phases = [f"{key}_fwd"], phases
+        else:  # forward with autograd, backward, and their sum
+            total = (phases[0][0] + phases[1][0], phases[0][1] + phases[1][1])
+            base = key[: -len("_fwd_bwd")]
+            names, phases = [f"{base}_grad_fwd", f"{base}_bwd", key], [*phases, total]
+        for name, (wall, cpu_time) in zip(names, phases):
+            row[f"{name}_ms_per_image"] = 1e3 * wall / batch
+            row[f"{name}_cpu_ms_per_image"] = 1e3 * cpu_time / batch
+    for base in ("raster", "render"):
+        row[f"{base}_bwd_over_fwd"] = row[f"{base}_bwd_ms_per_image"] / row[f"{base}_fwd_ms_per_image"]
     pairs = contract_pairs(proj.means2d, proj.radii, resolution, resolution)
     row["contract_pairs_per_image"] = pairs / batch
     row["pairs_per_second"] = pairs / (row["raster_fwd_ms_per_image"] * batch / 1e3)
@@ -169,37 +196,78 @@ def worker(case: str, backend: str, repeats: int) -> dict:
         row["peak_memory_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
         row["peak_memory_kind"] = "ru_maxrss delta after scene set-up"
     row["threads"] = torch.get_num_threads()
+    row["splatting_package"] = os.path.dirname(sys.modules["splatting"].__file__)  # which checkout was measured
     return row
 
 
-def _run_worker(case: str, backend: str, repeats: int) -> dict:
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", case, backend,
-                           "--repeats", str(repeats)], cwd=REPO, capture_output=True, text=True)
+def _run_worker(case: str, backend: str, repeats: int, code: str | None = None) -> dict:
+    """One (case, backend) in a fresh process, with the splatting package of checkout `code` (default: this one)."""
+    command = [sys.executable, os.path.abspath(__file__), "--worker", case, backend, "--repeats", str(repeats)]
+    if code is not None:
+        command += ["--code", code]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    label = "current" if code is None else "before"
     if proc.returncode != 0:
-        return dict(case=case, backend=backend, error=proc.stderr.strip().splitlines()[-1:] or ["failed"])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return dict(case=case, backend=backend, code=label,
+                    error=proc.stderr.strip().splitlines()[-1:] or ["failed"])
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]), code=label)
 
 
 def _table(rows: list[dict]) -> str:
-    head = (f"{'case':>9} {'backend':>9} | {'rast fwd':>9} {'rast f+b':>9} {'(cpu)':>9} | {'rend fwd':>9} "
-            f"{'rend f+b':>9} | {'Mpairs/s':>9} {'peak MB':>8} | ref/this rast f+b")
+    head = (f"{'case':>5} {'backend':>9} {'code':>7} | {'rast fwd':>8} {'bwd':>8} {'f+b':>8} {'bwd/fwd':>7} | "
+            f"{'rend fwd':>8} {'bwd':>8} {'f+b':>8} {'bwd/fwd':>7} | {'Mpairs/s':>8} {'peak MB':>7} | ref/this rast f+b")
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['case']:>9} {r['backend']:>9} | error: {r['error'][0][:80]}")
+            lines.append(f"{r['case']:>5} {r['backend']:>9} {r['code']:>7} | error: {r['error'][0][:80]}")
             continue
         ratio = r.get("reference_ratio_fwd_bwd")
         ratio_text = "" if ratio is None else (f"{ratio:.0f}x (cpu time {r['reference_ratio_fwd_bwd_cpu_time']:.0f}x, "
                                                f"render {r['reference_ratio_render_fwd_bwd']:.0f}x)")
-        lines.append(
-            f"{r['case']:>9} {r['backend']:>9} | {r['raster_fwd_ms_per_image']:9.2f} "
-            f"{r['raster_fwd_bwd_ms_per_image']:9.2f} {r['raster_fwd_bwd_cpu_ms_per_image']:9.2f} | "
-            f"{r['render_fwd_ms_per_image']:9.2f} "
-            f"{r['render_fwd_bwd_ms_per_image']:9.2f} | {r['pairs_per_second'] / 1e6:9.1f} {r['peak_memory_mb']:8.0f}"
-            f" | {ratio_text}")
-    lines.append("(ms per image, medians of wall time; '(cpu)' = process CPU time of all threads; 'rast' = "
-                 "rasterize step alone, 'rend' = render() end to end incl. projection)")
+        cells = []
+        for base in ("raster", "render"):
+            cells.append(f"{r[f'{base}_fwd_ms_per_image']:8.2f} {r[f'{base}_bwd_ms_per_image']:8.2f} "
+                         f"{r[f'{base}_fwd_bwd_ms_per_image']:8.2f} {r[f'{base}_bwd_over_fwd']:7.2f}")
+        lines.append(f"{r['case']:>5} {r['backend']:>9} {r['code']:>7} | {cells[0]} | {cells[1]} | "
+                     f"{r['pairs_per_second'] / 1e6:8.1f} {r['peak_memory_mb']:7.0f} | {ratio_text}")
+    lines.append("(ms per image, medians of wall time; fwd = no-grad forward, bwd = backward alone, f+b = forward "
+                 "with autograd + backward; 'rast' = rasterize step alone, 'rend' = render() end to end incl. "
+                 "projection)")
     return "\n".join(lines)
+
+
+def _speedups(rows: list[dict]) -> list[dict]:
+    """before / current time ratios (> 1: the current code is faster) for every (case, backend) measured both ways."""
+    found = {(r["case"], r["backend"], r["code"]): r for r in rows if "error" not in r}
+    out = []
+    for (case, backend, code), now in found.items():
+        before = found.get((case, backend, "before"))
+        if code != "current" or before is None:
+            continue
+        entry = dict(case=case, backend=backend)
+        for base in ("raster", "render"):
+            for phase in ("fwd", "bwd", "fwd_bwd"):
+                key = f"{base}_{phase}_ms_per_image"
+                entry[f"{base}_{phase}_speedup"] = before[key] / now[key]
+            entry[f"{base}_peak_memory_ratio"] = now["peak_memory_mb"] / max(before["peak_memory_mb"], 1e-9)
+        out.append(entry)
+    return out
+
+
+def _speedup_table(speedups: list[dict]) -> str:
+    head = (f"{'case':>5} {'backend':>9} | {'rast fwd':>8} {'bwd':>6} {'f+b':>6} | {'rend fwd':>8} {'bwd':>6} "
+            f"{'f+b':>6} | peak MB now/before")
+    lines = ["speed-up, before / current time:", head, "-" * len(head)]
+    for e in speedups:
+        lines.append(f"{e['case']:>5} {e['backend']:>9} | {e['raster_fwd_speedup']:7.2f}x {e['raster_bwd_speedup']:5.2f}x "
+                     f"{e['raster_fwd_bwd_speedup']:5.2f}x | {e['render_fwd_speedup']:7.2f}x "
+                     f"{e['render_bwd_speedup']:5.2f}x {e['render_fwd_bwd_speedup']:5.2f}x | "
+                     f"{e['raster_peak_memory_ratio']:.2f}")
+    return "\n".join(lines)
+
+
+def _load() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 def main(argv=None) -> None:
@@ -208,11 +276,20 @@ def main(argv=None) -> None:
     parser.add_argument("--backends", default=None, help="comma-separated subset of the available backends")
     parser.add_argument("--reference-all", action="store_true", help="run the reference on every case, not only 64")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--before", default=None, metavar="DIR",
+                        help="another gsgan checkout: measure its splatting package too, in the same run")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "BACKEND"), help=argparse.SUPPRESS)
+    parser.add_argument("--code", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
+        if args.code is not None:  # the other checkout's splatting package wins the import
+            sys.path.insert(0, os.path.abspath(args.code))
         print(json.dumps(worker(*args.worker, args.repeats)))
         return
+    if args.before is not None and not os.path.isfile(os.path.join(args.before, "splatting", "__init__.py")):
+        parser.error(f"--before: {args.before!r} is not a gsgan checkout (no splatting/__init__.py in it)")
+    if args.repeats < 1:
+        parser.error(f"--repeats: must be >= 1, got {args.repeats}")
 
     import torch
 
@@ -224,10 +301,15 @@ def main(argv=None) -> None:
         if c not in CASES:
             parser.error(f"--cases: unknown case {c!r}; valid: {', '.join(CASES)}")
     names = args.backends.split(",") if args.backends else list(BACKENDS)
+    for b in names:
+        if b not in BACKENDS:
+            parser.error(f"--backends: unknown backend {b!r}; valid: {', '.join(BACKENDS)}")
     available = {b: unavailable_reason(b) for b in names}
     for b, reason in available.items():
         if reason is not None:
             print(f"skipping backend {b!r}: {reason}", file=sys.stderr)
+    load_start = _load()
+    codes = [None] if args.before is None else [None, os.path.abspath(args.before)]
     rows = []
     for case in cases:
         device = CASES[case][3]
@@ -236,27 +318,36 @@ def main(argv=None) -> None:
                 continue
             if backend == "reference" and case != "64" and not args.reference_all:
                 continue
-            print(f"measuring case {case} with {backend}...", file=sys.stderr, flush=True)
-            rows.append(_run_worker(case, backend, 1 if backend == "reference" else args.repeats))
+            for code in codes:
+                print(f"measuring case {case} with {backend} ({'current' if code is None else code})...",
+                      file=sys.stderr, flush=True)
+                rows.append(_run_worker(case, backend, 1 if backend == "reference" else args.repeats, code))
         ref = next((r for r in rows if r.get("case") == case and r.get("backend") == "reference"
-                    and "error" not in r), None)
+                    and r.get("code") == "current" and "error" not in r), None)
         for r in rows:
-            if ref is not None and r.get("case") == case and "error" not in r:
+            if ref is not None and r.get("case") == case and r.get("code") == "current" and "error" not in r:
                 r["reference_ratio_fwd_bwd"] = ref["raster_fwd_bwd_ms_per_image"] / r["raster_fwd_bwd_ms_per_image"]
                 r["reference_ratio_fwd"] = ref["raster_fwd_ms_per_image"] / r["raster_fwd_ms_per_image"]
                 r["reference_ratio_render_fwd_bwd"] = (ref["render_fwd_bwd_ms_per_image"]
                                                        / r["render_fwd_bwd_ms_per_image"])
                 r["reference_ratio_fwd_bwd_cpu_time"] = (ref["raster_fwd_bwd_cpu_ms_per_image"]
                                                          / r["raster_fwd_bwd_cpu_ms_per_image"])
+    load_end = _load()
+    speedups = _speedups(rows)
 
     meta = dict(git_commit=git_commit(), torch=torch.__version__, python=platform.python_version(),
                 cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
                 cuda_device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
+                load_average_start=load_start, load_average_end=load_end, before=args.before,
                 time=datetime.datetime.now().isoformat(timespec="seconds"),
-                note="other processes may share the machine; see load_average")
+                note="other processes may share the machine; see load_average_start / _end")
     print(_table(rows))
-    path = write_results("rasterizer", dict(meta=meta, results=rows))
+    if speedups:
+        print(_speedup_table(speedups))
+    if load_start is not None:
+        print(f"load average (1, 5, 15 min): start {', '.join(f'{v:.2f}' for v in load_start)}; "
+              f"end {', '.join(f'{v:.2f}' for v in load_end)} on {os.cpu_count()} CPUs")
+    path = write_results("rasterizer", dict(meta=meta, results=rows, speedups=speedups))
     print(f"wrote {path}")
 
 

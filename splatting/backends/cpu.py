@@ -4,23 +4,32 @@ The extension is compiled once per (sources, flags, torch version) into
 `$GSGAN_CACHE_DIR/torch_extensions/<name>-<hash>` (default cache dir `~/.cache/gsgan`), so later processes
 reuse the build. Importing this module never compiles. Build failures are cached and reported verbatim:
 `availability()` gives a short reason, an explicit `rasterize()` call raises with the whole compiler log.
+OpenMP is used where the compiler takes `-fopenmp` (probed once per build directory, e.g. Apple clang does not):
+otherwise the same source builds a single-threaded extension rather than none.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 _NAME = "gsgan_rasterize_cpu"
 _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "rasterize_cpu.cpp")]
-_CFLAGS = ["-O3", "-fopenmp", "-std=c++17"]
-_LDFLAGS = ["-fopenmp"]
+# -ffp-contract=off: no fused multiply-adds, so forward and backward compute bit-identical alphas
+_CFLAGS = ["-O3", "-std=c++17", "-ffp-contract=off"]
+_LDFLAGS: list[str] = []
+_OPENMP_FLAG = "-fopenmp"
+_OPENMP_RECORD = "openmp_probe.txt"  # in the build directory: the probe's answer, so it runs once per build
+_OPENMP_PROBE = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
 
 _lock = threading.Lock()
 _module = None
@@ -41,8 +50,42 @@ def _build_key() -> str:
     for path in _SOURCES:
         with open(path, "rb") as f:
             h.update(f.read())
-    h.update(repr((_CFLAGS, _LDFLAGS, torch.__version__, sys.version_info[:2], sys.platform)).encode())
+    h.update(repr((_CFLAGS, _LDFLAGS, _OPENMP_FLAG, _OPENMP_PROBE, torch.__version__, sys.version_info[:2],
+                   sys.platform)).encode())
     return h.hexdigest()[:16]
+
+
+def _compiler() -> str:
+    return os.environ.get("CXX", "c++")  # the compiler torch.utils.cpp_extension builds with
+
+
+def _openmp_flags(build_dir: str) -> list[str]:
+    """["-fopenmp"] when the compiler builds and links a small OpenMP program, else [] (a single-threaded build).
+
+    Probed once per build directory (whose name already hashes the sources, flags and versions); the answer is
+    kept there, so every later build in that directory uses the same flags without asking the compiler again.
+    """
+    record = os.path.join(build_dir, _OPENMP_RECORD)
+    if os.path.exists(record):
+        with open(record) as f:
+            return f.read().split()
+    flags: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "openmp_probe.cpp")
+        with open(source, "w") as f:
+            f.write(_OPENMP_PROBE)
+        try:
+            proc = subprocess.run([_compiler(), _OPENMP_FLAG, source, "-o", os.path.join(tmp, "openmp_probe")],
+                                  capture_output=True, timeout=120)
+            if proc.returncode == 0:
+                flags = [_OPENMP_FLAG]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    partial = f"{record}.{os.getpid()}.tmp"
+    with open(partial, "w") as f:
+        f.write(" ".join(flags))
+    os.replace(partial, record)  # all or nothing: a concurrent reader never sees half a record
+    return flags
 
 
 def _clear_stale_lock(build_dir: str) -> None:
@@ -99,14 +142,18 @@ def _build():
             module = _import_prebuilt(name, os.path.join(build_dir, f"{name}.so"))
             if module is not None:
                 return module
+        openmp = _openmp_flags(build_dir)
+        if not openmp:
+            print(f"gsgan: {_compiler()} does not take {_OPENMP_FLAG}: the CPU rasterizer is built single-threaded",
+                  file=sys.stderr, flush=True)
         start = time.perf_counter()
         if not prebuilt:
             print("gsgan: building the gsgan CPU rasterizer (one time, about a minute)...", end="",
                   file=sys.stderr, flush=True)
         try:
             # copies: torch appends to the flag lists it is given
-            module = cpp_extension.load(name=name, sources=list(_SOURCES), extra_cflags=list(_CFLAGS),
-                                        extra_ldflags=list(_LDFLAGS),
+            module = cpp_extension.load(name=name, sources=list(_SOURCES), extra_cflags=_CFLAGS + openmp,
+                                        extra_ldflags=_LDFLAGS + openmp,
                                         build_directory=build_dir, verbose=False)
         except Exception as exc:  # keep the compiler log: it is the message of the error
             if not prebuilt:
@@ -189,6 +236,7 @@ class _Rasterize(torch.autograd.Function):
         return out, alpha
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable: double backward says so
     def backward(ctx, grad_out, grad_alpha):
         records, offsets, ids, t_final, last = ctx.saved_tensors
         width, height, num_images, d_feats = ctx.size

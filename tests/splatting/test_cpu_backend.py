@@ -1,7 +1,9 @@
 """The C++ CPU rasterizer against two oracles: a literal per-pixel loop (below) and splatting.backends.reference.
 
 Forward within 1e-4, every gradient (means2d, conics, feats, opacities) within 1e-3 relative; plus the build
-machinery (cache reuse, stale lock, missing compiler, compiler log) and input validation.
+machinery (cache reuse, stale lock, missing compiler, compiler log, OpenMP probe, build key), double backward and
+input validation. Tests that need the compiled extension take the `cpu_backend` fixture (tests/conftest.py): it
+skips when the build fails, except on CI, where that is a failure.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 
 from splatting.backends import cpu
 
-pytestmark = pytest.mark.skipif(cpu.availability() is not None, reason=f"cpu backend: {cpu.availability()}")
+from ..conftest import require_cpu_backend
 
 
 # ----------------------------------------------------------------------------------------------- oracle
@@ -118,7 +120,7 @@ def assert_grads_close(grads, expected, rtol=1e-3):
 
 # ----------------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("case", ["mixed", "huge", "tiny", "tile_edges", "opaque"])
-def test_matches_per_pixel_loop(case):
+def test_matches_per_pixel_loop(case, cpu_backend):
     width, height = 21, 18  # not multiples of 16: partial tiles
     kwargs = dict(mixed={}, huge=dict(scale=(15.0, 60.0)), tiny=dict(scale=(0.05, 0.6)),
                   tile_edges=dict(scale=(0.5, 3.0)), opaque=dict(opacity=(0.9, 1.0), scale=(3.0, 10.0)))[case]
@@ -135,7 +137,7 @@ def test_matches_per_pixel_loop(case):
 
 
 @pytest.mark.parametrize("d_feats,size", [(4, (53, 40)), (3, (32, 32)), (1, (17, 33)), (6, (40, 23))])
-def test_matches_reference(d_feats, size):
+def test_matches_reference(d_feats, size, cpu_backend):
     reference = pytest.importorskip("splatting.backends.reference")
     width, height = size
     scene = random_scene(3, 150, width, height, d_feats=d_feats, seed=d_feats)
@@ -147,7 +149,7 @@ def test_matches_reference(d_feats, size):
     assert_grads_close(got_grads, want_grads)
 
 
-def test_early_stop_and_clamp_against_reference():
+def test_early_stop_and_clamp_against_reference(cpu_backend):
     reference = pytest.importorskip("splatting.backends.reference")
     scene = random_scene(2, 120, 40, 40, opacity=(0.95, 1.0), scale=(4.0, 15.0), cull_fraction=0.0, seed=7)
     scene[3][:, :10] = 1.0  # alpha clamped at 0.99 at the centre: no gradient through the clamp there
@@ -157,7 +159,7 @@ def test_early_stop_and_clamp_against_reference():
     assert_grads_close(got[2], want[2])
 
 
-def test_empty_inputs():
+def test_empty_inputs(cpu_backend):
     for n, cull in ((0, 0.0), (7, 1.0)):
         scene = random_scene(2, n, 19, 35, cull_fraction=cull)
         out, alpha, grads = run_with_grads(cpu.rasterize, scene, 19, 35)
@@ -172,7 +174,7 @@ def test_empty_inputs():
     assert out.shape == (1, 1, 1, 4) and alpha.item() == 0
 
 
-def test_deterministic_and_thread_independent():
+def test_deterministic_and_thread_independent(cpu_backend):
     scene = random_scene(2, 200, 48, 40, seed=11)
     threads = torch.get_num_threads()
     try:
@@ -185,7 +187,7 @@ def test_deterministic_and_thread_independent():
         assert torch.equal(a, b)
 
 
-def test_only_output_or_alpha_gradient():
+def test_only_output_or_alpha_gradient(cpu_backend):
     scene = random_scene(1, 30, 20, 20, seed=5)
     means2d = scene[0].clone().requires_grad_(True)
     out, alpha = cpu.rasterize(means2d, *scene[1:], 20, 20)
@@ -193,7 +195,7 @@ def test_only_output_or_alpha_gradient():
     assert means2d.grad.abs().sum() > 0
 
 
-def test_validation_errors():
+def test_validation_errors(cpu_backend):
     scene = random_scene(1, 4, 16, 16)
     with pytest.raises(ValueError, match="radii must be int32"):
         cpu.rasterize(*scene[:5], scene[5].long(), 16, 16)
@@ -211,7 +213,7 @@ def test_validation_errors():
 
 
 # ----------------------------------------------------------------------------------------------- build
-def test_second_process_reuses_build_and_clears_stale_lock():
+def test_second_process_reuses_build_and_clears_stale_lock(cpu_backend):
     build_dir = os.path.join(cpu._cache_root(), f"{cpu._NAME}-{cpu._build_key()}")
     assert os.path.isdir(build_dir)
     open(os.path.join(build_dir, "lock"), "w").close()  # as left behind by a killed build
@@ -251,3 +253,55 @@ def test_build_error_keeps_compiler_log(monkeypatch, tmp_path):
     with pytest.raises(cpu.CpuBackendUnavailable) as info:
         cpu.load()
     assert "broken.cpp" in str(info.value) and "error" in str(info.value)
+
+
+def test_double_backward_is_refused_clearly(cpu_backend):
+    scene = random_scene(1, 20, 16, 16, seed=4)
+    means2d = scene[0].clone().requires_grad_(True)
+    out, alpha = cpu.rasterize(means2d, *scene[1:], 16, 16)
+    (grad,) = torch.autograd.grad((out.square().sum() + alpha.sum()), means2d, create_graph=True)
+    assert grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.square().sum().backward()
+
+
+def test_build_key_follows_the_source(monkeypatch, tmp_path):
+    source = tmp_path / "rasterize_cpu.cpp"
+    with open(cpu._SOURCES[0]) as f:
+        original = f.read()
+    source.write_text(original)
+    monkeypatch.setattr(cpu, "_SOURCES", [str(source)])
+    key = cpu._build_key()
+    assert cpu._build_key() == key  # stable: a finished build is found again
+    source.write_text(original + "// an edit\n")
+    assert cpu._build_key() != key  # any change to the C++ source means one new build
+
+
+def test_openmp_probe_is_run_once_and_recorded(monkeypatch, tmp_path, cpu_backend):
+    assert cpu_backend.load().openmp()  # this machine's compiler takes -fopenmp: the build is multi-threaded
+    assert cpu._openmp_flags(str(tmp_path)) == ["-fopenmp"]
+    assert (tmp_path / cpu._OPENMP_RECORD).read_text() == "-fopenmp"
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    assert cpu._openmp_flags(str(tmp_path)) == ["-fopenmp"]  # answered from the record, not re-probed
+
+
+def test_compiler_without_openmp_gives_single_threaded_flags(monkeypatch, tmp_path):
+    fake = tmp_path / "c++"  # a compiler that rejects -fopenmp, as Apple clang does
+    fake.write_text("#!/bin/sh\necho \"clang: error: unsupported option '-fopenmp'\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    assert cpu._openmp_flags(str(tmp_path)) == []
+    assert (tmp_path / cpu._OPENMP_RECORD).read_text() == ""
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    assert cpu._openmp_flags(str(other)) == []  # a compiler that cannot even run counts as one without OpenMP
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_unavailable_backend_fails_on_ci_and_skips_elsewhere(monkeypatch, ci):
+    monkeypatch.setattr(cpu, "availability", lambda: "no C++ compiler found (install g++)")
+    monkeypatch.setenv("CI", ci)
+    expected = pytest.fail.Exception if ci == "true" else pytest.skip.Exception
+    with pytest.raises(expected, match="no C.. compiler found"):
+        require_cpu_backend()

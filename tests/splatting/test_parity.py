@@ -1,6 +1,7 @@
 """Every non-reference backend against the reference rasterizer: outputs and gradients, on awkward scenes.
 
-Backends that cannot run here are skipped with their reason (CUDA ones carry the `gpu` marker). Comparisons
+Backends that cannot run here are skipped with their reason (CUDA ones carry the `gpu` marker); the `cpu` backend
+goes through tests/conftest.py's check, which fails instead of skipping on CI. Comparisons
 run in float32 (the compiled backends' precision) with the same inputs given to both sides.
 """
 import pytest
@@ -10,6 +11,7 @@ from splatting import render
 from splatting.backends import BACKENDS, get_backend, reference, unavailable_reason
 from splatting.projection import project
 
+from ..conftest import require_cpu_backend
 from ._scenes import mixed_scene, orbit_cameras
 from .test_reference import _crafted_scene
 
@@ -30,6 +32,8 @@ BACKEND_PARAMS = [_param(name) for name in BACKENDS if name != "reference"]
 
 
 def _backend_and_device(name):
+    if name == "cpu":
+        require_cpu_backend()
     reason = unavailable_reason(name)
     if reason is not None:
         pytest.skip(f"backend {name!r} unavailable: {reason}")
