@@ -476,11 +476,13 @@ def _write_json(path: str, doc) -> None:
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
 @click.option("--supersample", type=click.IntRange(1, 6), default=3, show_default=True,
               help="Rays per pixel along each axis (anti-aliasing).")
+@click.option("--detail", type=click.Choice(["standard", "rich"]), default="standard", show_default=True,
+              help="rich: every surface also carries a pixel-scale speckle (fine detail for densification).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Render processes. [default: min(2, CPUs); 1 for fewer than 20 scenes]")
 @click.option("--overwrite", is_flag=True, help="Replace --dest if it exists.")
 def scenes(dest, train_scenes, test_scenes, frames, resolution, width, height, seed, fmt, quality, supersample,
-           workers, overwrite):
+           detail, workers, overwrite):
     """Procedural indoor multi-view scenes (RealEstate10K-like camera paths) in the pixelSplat chunk format.
 
     Writes DEST/train and DEST/test (chunks + index.json), DEST/evaluation_index.json (2 context views 10-14
@@ -501,11 +503,11 @@ def scenes(dest, train_scenes, test_scenes, frames, resolution, width, height, s
     total = train_scenes + test_scenes
     if workers is None:
         workers = 1 if total < 20 else max(1, min(2, os.cpu_count() or 1))
-    jobs = {split: [(seed, split, i, frames, width, height, supersample, fmt, quality) for i in range(count)]
+    jobs = {split: [(seed, split, i, frames, width, height, supersample, fmt, quality, detail) for i in range(count)]
             for split, count in (("train", train_scenes), ("test", test_scenes))}
     info = {"generator": "reconstruction.synthetic_scenes", "seed": seed, "frames": frames,
             "image_shape": [height, width], "format": fmt, "quality": quality if fmt == "jpeg" else None,
-            "supersample": supersample, "scenes": {"train": train_scenes, "test": test_scenes},
+            "supersample": supersample, "detail": detail, "scenes": {"train": train_scenes, "test": test_scenes},
             "near": 1.0, "far": 100.0, "depth_range": [ss.MIN_DEPTH, ss.MAX_DEPTH],
             "context_gap": list(ss.CONTEXT_GAP)}
     try:

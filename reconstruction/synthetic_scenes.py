@@ -36,6 +36,14 @@ MIN_CLEARANCE = 1.2
 MAX_ASPECT = 3.0  # width/height (or height/width) beyond this needs a room taller or wider than MAX_DEPTH allows
 
 
+# "standard": the patterns alone. "rich": every surface also carries a solid speckle of random-brightness cells a few
+# pixels wide at typical viewing distances (2-6 cells per world unit; a unit spans ~17 px at depth 3.3 at 64x64),
+# the pixel-scale detail that one Gaussian per pixel blurs: data on which densification has something to add.
+DETAIL_LEVELS = ("standard", "rich")
+SPECKLE_FREQ = (2.0, 6.0)
+SPECKLE_CONTRAST = (0.2, 0.4)
+
+
 class SceneError(ValueError):
     """Options the scene generator cannot honour (one line naming the option)."""
 
@@ -55,6 +63,7 @@ class Scene:
     freq: np.ndarray  # [S, 2] coarse and fine frequency (cycles per world unit)
     phase: np.ndarray  # [S, 3]
     colors: np.ndarray  # [S, 3, 3] three albedos per surface (RGB in [0, 1])
+    speckle: np.ndarray  # [S, 2] frequency (cells per world unit) and contrast of a fine speckle; 0 = none
     light_dir: np.ndarray  # [2, 3] key and fill light directions (unit, toward the light)
     light_weight: np.ndarray  # [2]
     ambient: float
@@ -287,10 +296,16 @@ def albedo(scene: Scene, surface: int, local: np.ndarray) -> np.ndarray:
         mix = _parity(np.floor(coarse * q[0] + ph[0]) + np.floor(coarse * q[1] + ph[1]))
         third = mix * (_fract(fine * 0.7071 * (q[0] + q[1]) + ph[2]) < 0.5)
     if mix is None:
-        return np.broadcast_to(colors[0][:, None], local.shape).copy()
-    out = colors[0][:, None] + (colors[1] - colors[0])[:, None] * mix
-    if third is not None:
-        out += (colors[2][:, None] - out) * third
+        out = np.broadcast_to(colors[0][:, None], local.shape).copy()
+    else:
+        out = colors[0][:, None] + (colors[1] - colors[0])[:, None] * mix
+        if third is not None:
+            out += (colors[2][:, None] - out) * third
+    freq, contrast = (float(v) for v in scene.speckle[surface])
+    if contrast > 0:  # brightness of each solid cell scaled by 1 +- contrast
+        cells = np.floor(freq * q + np.asarray(ph, dtype=dtype)[:, None])
+        noise = _hash01(cells[0] * 57.0 + cells[1] * 113.0 + cells[2] * 271.0, ph[0] + ph[1])
+        out *= 1.0 + contrast * (2.0 * noise - 1.0)
     return out
 
 
@@ -376,9 +391,14 @@ def _object_candidate(rng: np.random.Generator, thin: bool, anchor: np.ndarray, 
     return KIND_CYLINDER, centre, rotation, np.array([r, r, (ahead + back) / 2 + 0.02]), True
 
 
-def sample_scene(rng: np.random.Generator, frames: int, width: int, height: int) -> tuple[Scene, Trajectory]:
+def sample_scene(rng: np.random.Generator, frames: int, width: int, height: int,
+                 detail: str = "standard") -> tuple[Scene, Trajectory]:
     """A random room, camera path and objects. Objects are placed in front of the cameras (so most are seen) and
-    only where every camera keeps its clearance; room walls, floor and ceiling get planar textures."""
+    only where every camera keeps its clearance; room walls, floor and ceiling get planar textures. `detail`
+    (DETAIL_LEVELS) "rich" adds a speckle to every surface, drawn after everything else, so the rooms, paths and
+    patterns are those of "standard" with the same generator."""
+    if detail not in DETAIL_LEVELS:
+        raise SceneError(f"--detail: expected one of {', '.join(DETAIL_LEVELS)}, got {detail!r}")
     aspect = width / height
     if not 1.0 / MAX_ASPECT <= aspect <= MAX_ASPECT:
         raise SceneError(f"--width/--height: aspect ratio {width}x{height} is beyond {MAX_ASPECT:g}:1 "
@@ -440,6 +460,10 @@ def sample_scene(rng: np.random.Generator, frames: int, width: int, height: int)
 
     lights = np.stack([look_direction(np.array(rng.uniform(-np.pi, np.pi)), np.array(rng.uniform(0.5, 1.2))),
                        look_direction(np.array(rng.uniform(-np.pi, np.pi)), np.array(rng.uniform(-0.3, 0.6)))])
+    speckle = np.zeros((len(materials), 2))
+    if detail == "rich":
+        speckle[:, 0] = np.exp(rng.uniform(*np.log(SPECKLE_FREQ), len(materials)))
+        speckle[:, 1] = rng.uniform(*SPECKLE_CONTRAST, len(materials))
     stack = lambda items, key: np.stack([np.asarray(m[key], dtype=np.float64) for m in items])  # noqa: E731
     scene = Scene(
         room_lo=room_lo, room_hi=room_hi,
@@ -449,7 +473,7 @@ def sample_scene(rng: np.random.Generator, frames: int, width: int, height: int)
         size=np.array([o[3] for o in objects]).reshape(-1, 3),
         pattern=np.array([m["pattern"] for m in materials], dtype=np.int64), frame=stack(materials, "frame"),
         freq=stack(materials, "freq"), phase=stack(materials, "phase"), colors=stack(materials, "colors"),
-        light_dir=lights, light_weight=np.array([rng.uniform(0.45, 0.6), rng.uniform(0.12, 0.22)]),
+        speckle=speckle, light_dir=lights, light_weight=np.array([rng.uniform(0.45, 0.6), rng.uniform(0.12, 0.22)]),
         ambient=float(rng.uniform(0.3, 0.45)),
     )
     return scene, trajectory
@@ -688,12 +712,14 @@ def encode_image(image: np.ndarray, fmt: str = "png", quality: int = 95) -> byte
 
 
 def render_scene_job(job: tuple) -> dict:
-    """One scene's frames for job = (seed, split, index, frames, width, height, supersample, format, quality).
+    """One scene's frames for job = (seed, split, index, frames, width, height, supersample, format, quality[,
+    detail]) (detail: DETAIL_LEVELS, "standard" when absent).
 
     Returns plain numpy/bytes (no torch, so spawn workers stay light): key, url (seed/split/index/path kind),
     cam2world [N, 4, 4], intrinsics [N, 3, 3] normalized, images (list of encoded bytes), path kind."""
-    seed, split, index, frames, width, height, supersample, fmt, quality = job
-    scene, trajectory = sample_scene(scene_rng(seed, split, index), frames, width, height)
+    seed, split, index, frames, width, height, supersample, fmt, quality = job[:9]
+    detail = job[9] if len(job) > 9 else "standard"
+    scene, trajectory = sample_scene(scene_rng(seed, split, index), frames, width, height, detail)
     rays = camera_rays(trajectory.intrinsics, width * supersample, height * supersample)
     images = [encode_image(render(scene, c2w, trajectory.intrinsics, width, height, supersample, rays=rays), fmt,
                            quality) for c2w in trajectory.cam2world]

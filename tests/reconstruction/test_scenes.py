@@ -242,6 +242,33 @@ def test_images_have_fine_detail():
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 200  # several colours, shading, anti-aliasing
 
 
+def _high_frequency(image: np.ndarray) -> float:
+    grey = image.astype(np.float64).mean(axis=2)
+    return float(np.abs(4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2]
+                        - grey[1:-1, 2:]).mean())
+
+
+def test_rich_detail_adds_pixel_scale_speckle_to_the_same_rooms():
+    gains = []
+    for index in range(4):
+        standard, path = _scene(index)
+        rich, rich_path = ss.sample_scene(ss.scene_rng(0, "train", index), 40, 64, 64, "rich")
+        assert not standard.speckle.any() and (rich.speckle[:, 1] > 0).all()
+        lo, hi = ss.SPECKLE_FREQ
+        assert ((rich.speckle[:, 0] >= lo) & (rich.speckle[:, 0] <= hi)).all()
+        for field in ("kind", "center", "size", "pattern", "freq", "colors", "light_dir"):
+            np.testing.assert_array_equal(getattr(standard, field), getattr(rich, field))
+        np.testing.assert_array_equal(path.cam2world, rich_path.cam2world)
+        frame = path.cam2world[len(path.cam2world) // 2]
+        plain = ss.render(standard, frame, path.intrinsics, 64, 64, 3)
+        speckled = ss.render(rich, frame, path.intrinsics, 64, 64, 3)
+        gains.append(_high_frequency(speckled) / _high_frequency(plain))
+        assert np.abs(speckled.astype(int) - plain.astype(int)).mean() < 20  # the same room, only detail added
+    assert min(gains) > 1.05 and np.mean(gains) > 1.15, gains  # about 1.1-1.5 here: already textured rooms
+    with pytest.raises(ss.SceneError, match="--detail"):
+        ss.sample_scene(ss.scene_rng(0, "train", 0), 40, 64, 64, "extreme")
+
+
 def test_supersampling_antialiases():
     scene, trajectory = _scene(2)
     sharp = ss.render(scene, trajectory.cam2world[0], trajectory.intrinsics, 32, 32, 1).astype(np.float64)
@@ -323,6 +350,7 @@ def test_scenes_cli_round_trip(tmp_path):
     assert sorted(os.listdir(dest)) == ["evaluation_index.json", "scenes.json", "test", "train"]
     info = json.loads((dest / "scenes.json").read_text())
     assert info["near"] == 1.0 and info["far"] == 100.0 and info["image_shape"] == [16, 24]
+    assert info["detail"] == "standard"
     assert info["frames"] == 12 and info["scenes"] == {"train": 3, "test": 2}
     train, test = read_index(str(dest), "train"), read_index(str(dest), "test")
     assert list(train) == [ss.scene_key(5, "train", i) for i in range(3)]
@@ -340,6 +368,16 @@ def test_scenes_cli_round_trip(tmp_path):
         np.testing.assert_allclose(intrinsics.numpy(), expected["intrinsics"], atol=1e-7)
         assert [bytes(image.numpy()) for image in example["images"]] == expected["images"]
         assert decode_image(example["images"][0], key).shape == (3, 16, 24)
+
+
+def test_scenes_cli_rich_detail(tmp_path):
+    ok("scenes", "--dest", tmp_path / "rich", *SMALL, "--detail", "rich")
+    assert json.loads((tmp_path / "rich" / "scenes.json").read_text())["detail"] == "rich"
+    key = ss.scene_key(5, "train", 0)
+    example = ChunkStore(str(tmp_path / "rich"), "train").get(key)
+    expected = ss.render_scene_job((5, "train", 0, 12, 24, 16, 2, "png", 95, "rich"))
+    assert [bytes(image.numpy()) for image in example["images"]] == expected["images"]
+    assert expected["images"] != ss.render_scene_job((5, "train", 0, 12, 24, 16, 2, "png", 95))["images"]
 
 
 def test_scenes_cli_is_deterministic_with_workers(tmp_path):

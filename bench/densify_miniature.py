@@ -1,0 +1,168 @@
+"""Generative densification in miniature: does the densifier beat more training of the base, at equal wall time?
+
+    python bench/densify_miniature.py --base RUN/network-snapshot-000989.pt --data datasets/scenes64 \
+        [--steps-a 1000] [--k-num 1024] [--densify-arg KEY=VALUE ...]
+
+The protocol, on the built-in scenes' test split (scenes never seen in training):
+  1. calibrate: a trainer of the base alone and one of base + densifier (the very `reconstruct.py train`
+     trainers, from BASE) take training steps in turn in one process, so both see the same machine load; the
+     medians give t_a and t_b, seconds per step;
+  2. continue from BASE for the same wall time: (a) the base alone for N_a = --steps-a steps, (b) base +
+     densifier (`--densify --resume BASE`, a fine-tune) for N_b = round(N_a t_a / t_b) steps. Step counts rather
+     than a clock keep both runs deterministic whatever else the machine runs meanwhile, so they run side by
+     side (--parallel, the default) without changing what they compute;
+  3. `reconstruct.py test` of both final snapshots on the dataset's evaluation index: PSNR / SSIM / LPIPS of (a)
+     and of (b)'s fine and coarse renders, Gaussian counts and seconds per scene.
+Prints one table and writes bench/results/densify-miniature-<timestamp>.json (git commit, load average, every
+figure). The runs' own logs are in --outdir.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import click
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from _results import git_commit, write_results  # noqa: E402  (bench/ is the script's directory)
+
+RECONSTRUCT = os.path.join(REPO_ROOT, "reconstruct.py")
+
+
+def train_args(base: str, data: str, outdir: str, steps: int, densify: bool, k_num: int | None,
+               densify_args: tuple, seed: int) -> list[str]:
+    """`reconstruct.py train` arguments of run (a) (densify=False) or (b)."""
+    args = ["--experiment=scenes", f"--data={data}", f"--outdir={outdir}", f"--steps={steps}", "--gap-warmup=0",
+            f"--seed={seed}", "--snapshot-ticks=0"]
+    if not densify:
+        return args + [f"--init={base}", "--desc=a-base"]
+    args += ["--densify", f"--resume={base}", "--desc=b-densify"]
+    if k_num is not None:
+        args.append(f"--k-num={k_num}")
+    return args + [f"--densify-arg={item}" for item in densify_args]
+
+
+def _trainer(args: list[str], run_dir: str):
+    import torch
+
+    import reconstruct
+    from reconstruction.loop import ReconTrainer
+
+    with reconstruct.train.make_context("train", list(args) + ["--workers=0"]) as ctx:
+        options = reconstruct.build_train_options(ctx.params)
+    os.makedirs(run_dir)
+    trainer = ReconTrainer(options, run_dir, 0, 1, torch.device("cpu"))
+    trainer.setup()
+    return trainer
+
+
+def calibrate(args_a: list[str], args_b: list[str], repeats: int) -> dict:
+    """Median seconds per training step of trainers (a) and (b), their steps interleaved."""
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {name: _trainer(args, os.path.join(tmp, name)) for name, args in (("a", args_a), ("b", args_b))}
+        times = {"a": [], "b": []}
+        for i in range(repeats + 1):  # the first step of each is a warm-up
+            for name, trainer in trainers.items():
+                start = time.perf_counter()
+                trainer.train_step(None)
+                if i:
+                    times[name].append(time.perf_counter() - start)
+    return {"t_a": statistics.median(times["a"]), "t_b": statistics.median(times["b"]), "repeats": repeats}
+
+
+def _latest_run(outdir: str, desc: str) -> str:
+    runs = sorted(d for d in os.listdir(outdir) if d.endswith(desc))
+    if not runs:
+        raise click.ClickException(f"{outdir}: no run directory ending in {desc!r} (see its log)")
+    return os.path.join(outdir, runs[-1])
+
+
+def _summary(output: str) -> dict:
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise click.ClickException(f"reconstruct.py test printed no summary:\n{output[-2000:]}")
+
+
+@click.command()
+@click.option("--base", required=True, metavar="PT", help="Snapshot of a base run (no densification).")
+@click.option("--data", required=True, metavar="DIR", help="The built-in scenes (dataset_tool.py scenes).")
+@click.option("--outdir", default=None, metavar="DIR", help="Where the two runs go [a fresh temporary folder].")
+@click.option("--steps-a", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Steps of run (a); run (b) gets the steps that take the same time.")
+@click.option("--k-num", type=click.IntRange(min=1), default=None, help="Densified Gaussians per view [preset].")
+@click.option("--densify-arg", "densify_args", multiple=True, metavar="KEY=VALUE", help="Densifier override.")
+@click.option("--calibration-steps", type=click.IntRange(min=1), default=6, show_default=True)
+@click.option("--parallel/--sequential", default=True, show_default=True, help="Run (a) and (b) side by side.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+def main(base, data, outdir, steps_a, k_num, densify_args, calibration_steps, parallel, seed):
+    outdir = os.path.abspath(outdir or tempfile.mkdtemp(prefix="densify-miniature-"))
+    os.makedirs(outdir, exist_ok=True)
+    data, base = os.path.abspath(data), os.path.abspath(base)
+    load_before = os.getloadavg()
+    args_a = train_args(base, data, outdir, steps_a, False, k_num, densify_args, seed)
+    probe_b = train_args(base, data, outdir, steps_a, True, k_num, densify_args, seed)
+    click.echo("calibrating: training steps of (a) and (b) in turn ...")
+    cal = calibrate(args_a, probe_b, calibration_steps)
+    steps_b = max(1, round(steps_a * cal["t_a"] / cal["t_b"]))
+    args_b = train_args(base, data, outdir, steps_b, True, k_num, densify_args, seed)
+    click.echo(f"t_a {cal['t_a']:.3f} s/step, t_b {cal['t_b']:.3f} s/step (ratio {cal['t_b'] / cal['t_a']:.2f}): "
+               f"(a) {steps_a} steps, (b) {steps_b} steps = {steps_a * cal['t_a'] / 60:.1f} min each at these "
+               f"step times")
+    commands = {name: [sys.executable, RECONSTRUCT, "train", *args] for name, args in (("a", args_a), ("b", args_b))}
+    logs, procs = {}, {}
+    started = time.time()
+    for name, command in commands.items():
+        click.echo(f"({name}) {shlex.join(command)}")
+        logs[name] = open(os.path.join(outdir, f"{name}.log"), "w")
+        procs[name] = subprocess.Popen(command, stdout=logs[name], stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        if not parallel:
+            procs[name].wait()
+    for name, proc in procs.items():
+        if proc.wait() != 0:
+            raise click.ClickException(f"run ({name}) failed: see {logs[name].name}")
+        logs[name].close()
+    wall = time.time() - started
+    results = {}
+    for name, desc in (("a", "a-base"), ("b", "b-densify")):
+        run = _latest_run(outdir, desc)
+        done = subprocess.run([sys.executable, RECONSTRUCT, "test", f"--network={run}", f"--data={data}"],
+                              capture_output=True, text=True, cwd=REPO_ROOT)
+        if done.returncode != 0:
+            raise click.ClickException(f"test of {run} failed:\n{(done.stdout + done.stderr)[-2000:]}")
+        results[name] = _summary(done.stdout)
+        results[name]["run_dir"] = run
+    a, b = results["a"], results["b"]
+    rows = [("(a) base alone", a["psnr"], a["ssim"], a["lpips"], a["gaussians_per_scene"], a["seconds_per_scene"]),
+            ("(b) fine", b["psnr"], b["ssim"], b["lpips"], b["gaussians_per_scene"], b["seconds_per_scene"]),
+            ("(b) coarse", b["coarse_psnr"], b["coarse_ssim"], b["coarse_lpips"], b["coarse_gaussians_per_scene"],
+             None)]
+    click.echo(f"\nbase {base}\n(a) {steps_a} steps, (b) {steps_b} steps; test split, {a['num_scenes']} scenes")
+    click.echo(f"{'':16}{'PSNR':>8}{'SSIM':>8}{'LPIPS':>8}{'Gaussians':>11}{'s/scene':>9}")
+    for label, psnr, ssim, lpips, count, seconds in rows:
+        sec = f"{seconds:9.3f}" if seconds is not None else f"{'':9}"
+        click.echo(f"{label:16}{psnr:8.2f}{ssim:8.3f}{lpips:8.3f}{count:11,.0f}{sec}")
+    click.echo(f"(b) fine - (a): {b['psnr'] - a['psnr']:+.2f} dB; (b) fine - coarse: "
+               f"{b['psnr'] - b['coarse_psnr']:+.2f} dB")
+    payload = {"kind": "densify-miniature", "git_commit": git_commit(), "base": base, "data": data,
+               "k_num": k_num, "densify_args": list(densify_args), "calibration": cal, "steps_a": steps_a,
+               "steps_b": steps_b, "wall_seconds_both_runs": wall, "parallel": parallel,
+               "load_average_before": load_before, "load_average_after": os.getloadavg(), "a": a, "b": b,
+               "fine_minus_a_db": b["psnr"] - a["psnr"], "fine_minus_coarse_db": b["psnr"] - b["coarse_psnr"]}
+    click.echo(f"results: {write_results('densify-miniature', payload)}")
+
+
+if __name__ == "__main__":
+    main()
