@@ -1,4 +1,6 @@
-"""Shared pytest set-up: repository root on sys.path, deterministic seeds, a per-session cache directory."""
+"""Shared pytest set-up: repository root on sys.path, deterministic seeds, a fresh cache directory per test (the
+compiled CPU rasterizer's build cache stays shared), and a per-test time limit."""
+import faulthandler
 import os
 import sys
 
@@ -7,6 +9,55 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+# The cache the session started with ($GSGAN_CACHE_DIR, else the default), read before any test changes it. Only its
+# torch_extensions/ folder is used by the tests: building the C++ extension takes a minute, so every per-test cache
+# links to this one build cache instead of rebuilding.
+SESSION_CACHE_DIR = os.environ.get("GSGAN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "gsgan")
+EXTENSIONS_SUBDIR = "torch_extensions"
+
+# Per-test limit in seconds: the `timeout` ini option (pyproject.toml). pytest-timeout enforces it when it is loaded
+# (the dev extra installs it); without it the fallback below kills a hung run after dumping every thread's stack.
+TIMEOUT_PLUGIN = "timeout"
+
+
+def pytest_addoption(parser, pluginmanager):
+    if not pluginmanager.hasplugin(TIMEOUT_PLUGIN):  # same option name, so the configuration works either way
+        parser.addini("timeout", "per-test time limit in seconds (faulthandler fallback: dumps stacks, exits)",
+                      default="0")
+
+
+_fallback_stderr = None  # a copy of the real stderr, taken while pytest's output capture is suspended
+
+
+def pytest_configure(config):
+    global _fallback_stderr
+    if not config.pluginmanager.hasplugin(TIMEOUT_PLUGIN) and _fallback_stderr is None:
+        _fallback_stderr = os.fdopen(os.dup(sys.__stderr__.fileno()), "w")
+
+
+@pytest.fixture(autouse=True)
+def _time_limit(request):
+    """Without pytest-timeout: a test running past the limit dumps all stacks to the terminal and ends the process
+    (non-zero), so a hung multi-process test fails CI instead of blocking it."""
+    seconds = float(request.config.getini("timeout") or 0) if _fallback_stderr is not None else 0.0
+    if seconds > 0:
+        faulthandler.dump_traceback_later(seconds, exit=True, file=_fallback_stderr)
+    yield
+    if seconds > 0:
+        faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path_factory, monkeypatch):
+    """$GSGAN_CACHE_DIR -> an empty folder for this test (metric statistics, downloads and built datasets never leak
+    between tests), except torch_extensions/, a link to the session's shared build cache."""
+    shared_extensions = os.path.join(SESSION_CACHE_DIR, EXTENSIONS_SUBDIR)
+    os.makedirs(shared_extensions, exist_ok=True)
+    cache = tmp_path_factory.mktemp("gsgan-cache")
+    os.symlink(shared_extensions, cache / EXTENSIONS_SUBDIR, target_is_directory=True)
+    monkeypatch.setenv("GSGAN_CACHE_DIR", str(cache))
+    yield str(cache)
 
 
 @pytest.fixture(autouse=True)

@@ -108,6 +108,8 @@ def test_minibatch_std_identical_images_and_divisibility():
 
 @pytest.mark.parametrize("res", [256, 512])
 def test_parameter_count_matches_reference(res):
+    # expected: parameters of the authors' released discriminator (their code instantiated with the official
+    # 256 / 512 script options and counted; docs/model.md); exact: ours, the same architecture.
     expected = {256: 38.12e6, 512: 38.24e6}[res]
     exact = {256: 38_119_681, 512: 38_238_401}[res]
     n = _count(Discriminator(res))

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 
 from splatting import Gaussians, render
 from splatting.cameras import Cameras, eg3d_label, look_at
+from training.discriminator import Discriminator
 from training.generator import OPACITY_ONES_LOGIT_CLEAN, GSGenerator, GSParams
 from training.mapping import MappingNetwork
 from splatting.projection import quat_to_rotmat
-from training.point_generator import ConstPE, PointGenerator
+from training.point_generator import ConstPE, PointGenerator, make_children
 
 SMALL = dict(img_resolution=64, channel_max=128, num_points=64, res_end=32)
 FOCAL = 4.2647
@@ -37,6 +38,8 @@ def _num_params(module):
 # --------------------------------------------------------------------------------------------------
 # Counts.
 
+# params_official: parameters of the authors' released GSGAN generator (their code instantiated with the official
+# FFHQ-256 / FFHQ-512 script options and counted, dead parameters included; docs/model.md).
 @pytest.mark.parametrize("kwargs, fg, anchors, params_official", [
     (dict(img_resolution=256, res_end=128), 87_296, 21_760, 40.76e6),
     (dict(img_resolution=512, res_end=256), 349_440, 87_296, 41.02e6),
@@ -74,10 +77,34 @@ def test_small_or_degenerate_configs_do_not_crash():
 # --------------------------------------------------------------------------------------------------
 # Hierarchy invariants.
 
-def _split_base(parent_log_scales, percent_dense, split_ratio):
-    split = parent_log_scales.exp().amax(-1, keepdim=True) > percent_dense
-    base = torch.where(split, (parent_log_scales - math.log(split_ratio)).clamp(-100, 0), parent_log_scales)
-    return base, split.squeeze(-1)
+def test_child_rule_on_hand_computed_values():
+    """Three parents, values worked out by hand: percent_dense 0.05, split_ratio 2, scale deltas 0 (softmin(0, 0) =
+    -log 2, i.e. half the base scale), position offsets tanh^-1(0.5, -0.5, 0) along the parent's axes."""
+    parents = Gaussians(
+        means=torch.tensor([[[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [0.0, 0.0, -1.0]]], dtype=torch.float64),
+        log_scales=torch.tensor([[[0.1, 0.02, 0.01],    # largest 0.1 > 0.05: split, base halved
+                                  [0.04, 0.03, 0.02],   # largest 0.04 <= 0.05: not split
+                                  [3.0, 1.0, 1.0]]],    # split: base (1.5, 0.5, 0.5) capped at scale 1
+                                dtype=torch.float64).log(),
+        quats=torch.tensor([[[1.0, 0.0, 0.0, 0.0]] * 3], dtype=torch.float64),
+        opacity_logits=torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64),
+        sh=torch.zeros(1, 3, 1, 3, dtype=torch.float64))
+    deltas = {"xyz": torch.tensor([0.5, -0.5, 0.0], dtype=torch.float64).atanh().expand(1, 3, 3),
+              "scale": torch.zeros(1, 3, 3, dtype=torch.float64),
+              "rotation": torch.tensor([0.0, 0.1, 0.0, 0.0], dtype=torch.float64).expand(1, 3, 4),
+              "opacity": torch.full((1, 3, 1), 0.25, dtype=torch.float64),
+              "color": torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64).expand(1, 3, 3)}
+    child = make_children(parents, deltas, percent_dense=0.05, split_ratio=2.0, scale_clamp_min=math.log(0.003))
+    expect_scales = torch.tensor([[[0.025, 0.005, 0.003],   # 0.0025 raised to the floor exp(-5.81) = 0.003
+                                   [0.02, 0.015, 0.01],
+                                   [0.5, 0.25, 0.25]]], dtype=torch.float64)
+    torch.testing.assert_close(child.log_scales.exp(), expect_scales, rtol=1e-12, atol=0)
+    # Positions use the PRE-split scale: half of it along +x, half along -y.
+    expect_means = torch.tensor([[[0.05, -0.01, 0.0], [1.02, 1.985, 3.0], [1.5, -0.5, -1.0]]], dtype=torch.float64)
+    torch.testing.assert_close(child.means, expect_means, rtol=0, atol=1e-12)
+    torch.testing.assert_close(child.quats, torch.tensor([[[1.0, 0.1, 0.0, 0.0]] * 3], dtype=torch.float64))
+    torch.testing.assert_close(child.opacity_logits, torch.tensor([[0.75, -0.75, 2.25]], dtype=torch.float64))
+    torch.testing.assert_close(child.sh, torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64).expand(1, 3, 1, 3))
 
 
 def _box_coords(child: Gaussians, parent: Gaussians):
@@ -106,7 +133,7 @@ def test_hierarchy_invariants_on_random_weights():
     outside_post_split = split_seen = unsplit_seen = 0
     for level in range(1, 5):
         parents = anchors[level - 1].map(lambda t: t.repeat_interleave(r, dim=1))
-        base, split = _split_base(parents.log_scales, P.percent_dense, P.split_ratio)
+        split = parents.log_scales.exp().amax(-1) > P.percent_dense  # parents larger than percent_dense split
         split_seen += int(split.sum())
         unsplit_seen += int((~split).sum())
         children = [rendered[level]] + ([anchors[level]] if level < 4 else [])
@@ -115,7 +142,11 @@ def test_hierarchy_invariants_on_random_weights():
             assert local.abs().max() <= 1 + 1e-6  # inside the pre-split box
             # ... and the pre-split scale matters: some split children leave the post-split box.
             outside_post_split += int((local.abs().amax(-1) > P.split_ratio ** -1 + 1e-3)[split].sum())
-            assert (child.log_scales <= base.clamp(min=-8.0) + 1e-5).all()  # never above the split parent
+            # Never larger than the parent; a split parent's children at least split_ratio times smaller (down to the
+            # floor). The exact rule is checked on hand-computed values in test_child_rule_on_hand_computed_values.
+            assert (child.log_scales <= parents.log_scales.clamp(min=-8.0) + 1e-5).all()
+            shrunk = (parents.log_scales - math.log(P.split_ratio)).clamp(min=-8.0)
+            assert (child.log_scales <= shrunk + 1e-5)[split].all()
             assert (child.log_scales >= -8.0).all() and (child.log_scales <= 0.0).all()
     assert split_seen > 0 and unsplit_seen > 0 and outside_post_split > 0
     for g, u in zip(clamped, rendered):
@@ -211,15 +242,7 @@ def test_mapping_truncation_emas_and_pose_conditioning():
 
 
 # --------------------------------------------------------------------------------------------------
-# End to end: gradients (with the discriminator when it exists) and serialization.
-
-def _discriminator():
-    try:
-        from training.discriminator import Discriminator
-    except ImportError:
-        return None
-    return Discriminator(img_resolution=64, channel_max=128)
-
+# End to end: gradients (through the discriminator) and serialization.
 
 @pytest.mark.parametrize("background", [False, True])
 def test_forward_backward_reaches_every_parameter(background):
@@ -230,12 +253,9 @@ def test_forward_backward_reaches_every_parameter(background):
     out = G(z, c, background=background)
     assert out["image"].shape == (2, 3, 64, 64) and out["image_depth"].shape == (2, 1, 64, 64)
     assert out["image_alpha"].shape == (2, 1, 64, 64)
-    D = _discriminator()
-    if D is not None:
-        logits, feat_pose, cam_emb = D(out["image"], c)
-        loss = F.softplus(-logits).sum() + feat_pose.square().sum() + cam_emb.square().sum()
-    else:
-        loss = (out["image"] * torch.randn_like(out["image"])).sum()
+    D = Discriminator(img_resolution=64, channel_max=128)
+    logits, feat_pose, cam_emb = D(out["image"], c)
+    loss = F.softplus(-logits).sum() + feat_pose.square().sum() + cam_emb.square().sum()
     loss = loss + out["image_depth"].mean() + out["image_alpha"].mean()
     loss.backward()
     for name, p in G.named_parameters():
@@ -245,8 +265,7 @@ def test_forward_backward_reaches_every_parameter(background):
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
-    if D is not None:
-        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in D.parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in D.parameters())
 
 
 def test_rebuild_from_json_kwargs_and_state_dict_is_identical():
@@ -373,3 +392,69 @@ def test_head_weight_init_scales_the_initial_colour_spread():
     assert 5.0 < ratio < 20.0, ratio
     with pytest.raises(ValueError, match="head_weight_init"):
         GSGenerator(**SMALL, head_weight_init={"colour": 0.1})
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference fast paths: plain levels in row slices without autograd, the view colour term split off, cached scenes
+# rendered for many cameras. Each must give what the plain computation gives.
+
+def test_sliced_plain_levels_match_the_autograd_path(monkeypatch):
+    import training.point_generator as pg
+
+    torch.manual_seed(5)
+    P = PointGenerator(num_points=16, res_end=32, channel_base=256, channel_min=16, channel_max=32,
+                       num_heads=2, num_transformer_layers=1, ada_max_points_factor=1).double()
+    assert P.level_ada == [False, False, False]  # both upsampling levels are plain, i.e. sliced
+    _perturb_(P, 0.1)
+    ws, view = torch.randn(2, P.num_ws, 512, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    ref_levels, ref_anchors = P(ws, view)  # autograd on: one slice
+    monkeypatch.setattr(pg, "INFERENCE_CHUNK_ROWS", 32)  # 8 parent rows per slice: 2 and 8 slices per level
+    with torch.no_grad():
+        levels, anchors = P(ws, view)
+    for got, ref in zip(levels + anchors, ref_levels + ref_anchors):
+        for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+            torch.testing.assert_close(getattr(got, name), getattr(ref, name).detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_view_colour_term_is_a_per_level_offset(small_g):
+    G = small_g
+    ws = G.mapping(torch.randn(2, 512), _labels(2))[:, :G.points.num_ws]
+    view = torch.nn.functional.normalize(torch.randn(2, 3), dim=-1)
+    with torch.no_grad():
+        seen, _ = G.points(ws, view)
+        plain, _ = G.points(ws, None)
+        offsets = G.points.view_color_offsets(view)
+        e = G.points.view_embed(view)
+    assert offsets.shape == (2, len(seen), 3) and offsets.abs().min() > 0
+    for level, (a, b) in enumerate(zip(seen, plain)):
+        torch.testing.assert_close(a.sh, b.sh + offsets[:, level, None, None])
+        torch.testing.assert_close(a.means, b.means)
+        head = G.points.render_heads[level].color  # the e-part of the colour head's weight, applied directly
+        ref = e @ (head.weight[:, head.in_features - G.points.render_heads[level].view_dim:] * head.weight_gain).t()
+        torch.testing.assert_close(offsets[:, level], ref)
+
+
+@pytest.mark.parametrize("gp", [dict(), dict(camera_cond=True), dict(res_visualize=[1], point_index=[2]),
+                                dict(visualize_anchor=True)])
+def test_scene_rendered_for_many_cameras_matches_synthesis(small_g, gp):
+    G = small_g
+    ws = G.mapping(torch.randn(2, 512), _labels(2))
+    views = torch.stack([_labels(2, [-0.4, 0.1]), _labels(2, [0.3, 0.5]), _labels(2, [0.0, -0.2])], dim=1)
+    with torch.no_grad():
+        scene = G.generate_scene(ws, GSParams(**gp))
+        many = G.render_scene(scene, views, 16)
+    assert many["image"].shape == (2, 3, 3, 16, 16) and many["image_alpha"].shape == (2, 3, 1, 16, 16)
+    for v in range(3):
+        one = _synth(G, ws, views[:, v], **gp)
+        for key in ("image", "image_depth", "image_alpha"):
+            torch.testing.assert_close(many[key][:, v], one[key], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(many["gaussians"].sh[v::3], one["gaussians"].sh)
+        torch.testing.assert_close(many["gaussians"].means[v::3], one["gaussians"].means)
+
+
+def test_render_scene_rejects_bad_cameras(small_g):
+    with torch.no_grad():
+        scene = small_g.generate_scene(small_g.mapping(torch.randn(2, 512), _labels(2)))
+    for bad in (torch.zeros(3, 25), torch.zeros(2, 24), torch.zeros(2, 2, 2, 25)):
+        with pytest.raises(ValueError, match=r"render_scene: c must be \[B, 25\] or \[B, V, 25\]"):
+            small_g.render_scene(scene, bad)

@@ -2,9 +2,11 @@
 import json
 import math
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import numpy as np
@@ -74,6 +76,17 @@ def test_invalid_files_are_refused_with_a_clear_message(tmp_path, content, expec
     assert scene.payload == b""
 
 
+def _first_line(proc, timeout):
+    """The first line `proc` prints, read in a thread so a silent, still-running server fails the test in `timeout`
+    seconds instead of blocking it."""
+    lines = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        pytest.fail(f"the viewer printed nothing within {timeout} s")
+
+
 def test_cli_prints_the_refusal_on_the_console(tmp_path):
     bad = tmp_path / "mesh.ply"
     bad.write_bytes(b"garbage")
@@ -81,7 +94,7 @@ def test_cli_prints_the_refusal_on_the_console(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
-        first_line = proc.stdout.readline()
+        first_line = _first_line(proc, timeout=120)
     finally:
         proc.kill()
         proc.wait()
