@@ -20,12 +20,23 @@ Boolean options accept both --opt=True/False (EG3D style) and --opt / --no-opt.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import click
 
-from training.config import (CFG_DEFAULTS, AugmentConfig, ConfigError, DataConfig, DiscriminatorConfig,
-                             GeneratorConfig, LossConfig, OptimConfig, TrainConfig)
+from splatting.backends import BACKENDS
+from torch_utils.checkpoint import SnapshotError
+from training.config import (AUGMENT_MODES, CFG_DEFAULTS, CFG_NAMES, DEVICES, NONFINITE_MODES, AugmentConfig,
+                             ConfigError, DataConfig, DiscriminatorConfig, GeneratorConfig, LossConfig, OptimConfig,
+                             TrainConfig)
+from training.dataset import DatasetError, ImageFolderDataset
+from training.output_paths import OutputPathError, check_output_dir
+
+SHAPES = CFG_DEFAULTS["shapes"]
+BACKEND_CHOICES = ["auto", *BACKENDS]
+# Errors a user can cause (bad data, snapshot, output folder, full disk): one line and exit status 1, no traceback.
+USER_ERRORS = (DatasetError, SnapshotError, OutputPathError, ConfigError)
 
 
 class BoolType(click.ParamType):
@@ -63,6 +74,22 @@ class MetricList(click.ParamType):
         return tuple(names)
 
 
+class FiniteFloat(click.FloatRange):
+    """A float option, optionally bounded, that refuses NaN and inf: click's FloatRange lets NaN through every
+    bound (all comparisons with NaN are false), and one NaN option would only surface minutes into set-up."""
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"expected a finite number, got {value!r}", param, ctx)
+        return super().convert(number, param, ctx)
+
+    def _describe_range(self) -> str:
+        if self.min is None and self.max is None:
+            return "finite"
+        return super()._describe_range()
+
+
 class GridType(click.ParamType):
     """COLSxROWS, e.g. 4x2."""
 
@@ -96,80 +123,107 @@ def bool_option(name: str, help: str, default=None):
 
 @click.command(help=__doc__)
 @click.option("--outdir", required=True, metavar="DIR", help="Where run directories NNNNN-desc/ are created.")
-@click.option("--cfg", required=True, type=click.Choice(["ffhq", "afhq", "shapenet", "shapes"]), help="Base config.")
+@click.option("--cfg", required=True, type=click.Choice(CFG_NAMES), help="Base config.")
 @click.option("--data", metavar="[ZIP|DIR]", help="Training data (optional for --cfg=shapes and --dry-run).")
-@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--gpus", type=click.IntRange(min=1), default=TrainConfig.num_gpus, show_default=True,
               help="Processes (GPUs; CPU processes with --device=cpu).")
-@click.option("--batch", type=click.IntRange(min=1), help="Total batch size [default: 32; shapes: 8].")
-@click.option("--gamma", type=click.FloatRange(min=0), help="R1 weight [1; shapes: 0.1].")
-@bool_option("cond", "Use the camera labels (required by GSGAN).", default=True)
-@bool_option("mirror", "Enable dataset x-flips.", default=False)
-@click.option("--aug", type=click.Choice(["noaug", "ada", "fixed"]), default="noaug", show_default=True)
-@click.option("--p", "aug_p", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+@click.option("--batch", type=click.IntRange(min=1),
+              help=f"Total batch size [default: {TrainConfig.batch_size}; shapes: {SHAPES['batch']}].")
+@click.option("--gamma", type=FiniteFloat(min=0),
+              help=f"R1 weight [{LossConfig.r1_gamma:g}; shapes: {SHAPES['gamma']}].")
+@bool_option("cond", "Use the camera labels (required by GSGAN).", default=DataConfig.use_labels)
+@bool_option("mirror", "Enable dataset x-flips.", default=DataConfig.mirror)
+@click.option("--aug", type=click.Choice(AUGMENT_MODES), default=AugmentConfig.mode, show_default=True)
+@click.option("--p", "aug_p", type=FiniteFloat(0, 1), default=AugmentConfig.p, show_default=True,
               help="Augmentation probability for --aug=fixed.")
-@click.option("--target", type=click.FloatRange(0, 1), default=0.6, show_default=True, help="ADA target.")
+@click.option("--target", type=FiniteFloat(0, 1), default=AugmentConfig.target, show_default=True, help="ADA target.")
 @click.option("--resume", metavar="[PT|DIR]", help="Resume from a snapshot or a run directory's latest one.")
-@bool_option("resume_blur", "Compat resume: keep the blur fade.", default=False)
+@bool_option("resume_blur", "Compat resume: keep the blur fade.", default=LossConfig.resume_blur)
 @click.option("--batch-gpu", type=click.IntRange(min=1), help="Batch per process [default: batch/gpus].")
-@click.option("--cbase", type=click.IntRange(min=1), help="Capacity multiplier (D; G uses cbase/4) [32768].")
-@click.option("--cmax", type=click.IntRange(min=1), help="Max. feature maps (G and D) [512].")
-@click.option("--glr", type=click.FloatRange(min=0), help="G learning rate [0.0025; shapes: 0.005].")
-@click.option("--dlr", type=click.FloatRange(min=0), help="D learning rate [0.002; shapes: 0.004].")
-@click.option("--map-depth", type=click.IntRange(min=1), default=2, show_default=True, help="Mapping layers.")
-@click.option("--mbstd-group", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--desc", default="", help="String appended to the run directory name.")
+@click.option("--cbase", type=click.IntRange(min=1),
+              help=f"Capacity multiplier (D; G uses cbase/4) [{DiscriminatorConfig.channel_base}].")
+@click.option("--cmax", type=click.IntRange(min=1),
+              help=f"Max. feature maps (G and D) [{GeneratorConfig.channel_max}].")
+@click.option("--glr", type=FiniteFloat(min=0), help=f"G learning rate [{OptimConfig.glr}; shapes: {SHAPES['glr']}].")
+@click.option("--dlr", type=FiniteFloat(min=0), help=f"D learning rate [{OptimConfig.dlr}; shapes: {SHAPES['dlr']}].")
+@click.option("--map-depth", type=click.IntRange(min=1), default=GeneratorConfig.map_depth, show_default=True,
+              help="Mapping layers.")
+@click.option("--mbstd-group", type=click.IntRange(min=1), default=DiscriminatorConfig.mbstd_group_size,
+              show_default=True)
+@click.option("--desc", default=TrainConfig.desc, help="String appended to the run directory name.")
 @click.option("--metrics", type=MetricList(), default="none", show_default=True,
               help="Comma-separated metrics at each network snapshot, or none.")
-@click.option("--kimg", type=click.FloatRange(min=0, min_open=True), help="Training length [15000; shapes: 50].")
-@click.option("--tick", type=click.FloatRange(min=0, min_open=True), help="kimg per tick [4; shapes: 1].")
-@click.option("--snap", type=click.IntRange(min=0), help="Ticks between snapshots (0: only at the end) [50].")
+@click.option("--kimg", type=FiniteFloat(min=0, min_open=True),
+              help=f"Training length [{TrainConfig.total_kimg:g}; shapes: {SHAPES['kimg']:g}].")
+@click.option("--tick", type=FiniteFloat(min=0, min_open=True),
+              help=f"kimg per tick [{TrainConfig.kimg_per_tick:g}; shapes: {SHAPES['tick']:g}].")
+@click.option("--snap", type=click.IntRange(min=0),
+              help=f"Ticks between snapshots (0: only at the end) [{TrainConfig.snapshot_ticks}; "
+                   f"shapes: {SHAPES['snap']}].")
 @click.option("--image-snap", type=click.IntRange(min=0), help="Ticks between image grids [= --snap].")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers per process [3; shapes: 1].")
+@click.option("--seed", type=click.IntRange(min=0), default=TrainConfig.seed, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0),
+              help=f"DataLoader workers per process [{DataConfig.workers}; shapes: {SHAPES['workers']}].")
 @click.option("--dry-run", "-n", is_flag=True, help="Print the resolved options and model sizes, then exit.")
 @click.option("--neural_rendering_resolution_initial", "nrr", type=click.IntRange(min=1),
               help="Render resolution (must equal the dataset resolution).")
-@bool_option("gen_pose_cond", "Generator pose conditioning.", default=True)
-@click.option("--c-scale", "c_scale", type=float, default=1.0, show_default=True, help="Scale of G's pose label.")
-@click.option("--gpc_reg_prob", type=click.FloatRange(0, 1), help="Final pose-swap probability [ffhq 0.5, afhq 0.8].")
-@click.option("--gpc_reg_fade_kimg", type=click.FloatRange(min=0), default=1000.0, show_default=True)
-@click.option("--blur_fade_kimg", type=click.FloatRange(min=0), help="Blur fade (x batch/32) [200; shapes: 0 = off].")
-@click.option("--style_mixing_prob", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--gaussian_num_pts", type=click.IntRange(min=4), help="Initial points P0 [256; shapes: 64].")
-@bool_option("start_pe", "Positional encoding of the initial points.", default=True)
-@click.option("--res_end", type=click.IntRange(min=8), help="Point-generator end resolution [128; shapes: 16].")
-@click.option("--center_dists", type=click.FloatRange(min=0), help="Centre regularizer weight [ffhq 1, afhq 10].")
-@click.option("--knn_dists", type=click.FloatRange(min=0), default=10.0, show_default=True)
-@click.option("--knn_num_ks", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--pose_contrastive", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Pose-contrastive weight (independent of --gpus unless --compat).")
-@click.option("--prob_uniform", type=click.FloatRange(0, 1), help="FFHQ pose augmentation of gen_c [ffhq 0.5].")
-@click.option("--background_kimg", type=click.FloatRange(min=0),
-              help="Background on after this [50; shapes: none built].")
-@click.option("--d_num_fp16_res", type=click.IntRange(min=0), default=4, show_default=True)
+@bool_option("gen_pose_cond", "Generator pose conditioning.", default=GeneratorConfig.gen_pose_cond)
+@click.option("--c-scale", "c_scale", type=FiniteFloat(), default=GeneratorConfig.c_scale, show_default=True,
+              help="Scale of G's pose label.")
+@click.option("--gpc_reg_prob", type=FiniteFloat(0, 1),
+              help=f"Final pose-swap probability [ffhq {CFG_DEFAULTS['ffhq']['gpc_reg_prob']}, "
+                   f"afhq {CFG_DEFAULTS['afhq']['gpc_reg_prob']}].")
+@click.option("--gpc_reg_fade_kimg", type=FiniteFloat(min=0), default=LossConfig.gpc_reg_fade_kimg, show_default=True)
+@click.option("--blur_fade_kimg", type=FiniteFloat(min=0),
+              help=f"Blur fade (x batch/32) [{LossConfig.blur_fade_kimg:g}; "
+                   f"shapes: {SHAPES['blur_fade_kimg']:g} = off].")
+@click.option("--style_mixing_prob", type=FiniteFloat(0, 1), default=LossConfig.style_mixing_prob, show_default=True)
+@click.option("--gaussian_num_pts", type=click.IntRange(min=4),
+              help=f"Initial points P0 [{GeneratorConfig.num_points}; shapes: {SHAPES['gaussian_num_pts']}].")
+@bool_option("start_pe", "Positional encoding of the initial points.", default=GeneratorConfig.start_pe)
+@click.option("--res_end", type=click.IntRange(min=8),
+              help=f"Point-generator end resolution [{GeneratorConfig.res_end}; shapes: {SHAPES['res_end']}].")
+@click.option("--center_dists", type=FiniteFloat(min=0),
+              help=f"Centre regularizer weight [ffhq {CFG_DEFAULTS['ffhq']['center_dists']:g}, "
+                   f"afhq {CFG_DEFAULTS['afhq']['center_dists']:g}].")
+@click.option("--knn_dists", type=FiniteFloat(min=0), default=LossConfig.knn_weight, show_default=True)
+@click.option("--knn_num_ks", type=click.IntRange(min=1), default=LossConfig.knn_k, show_default=True)
+@click.option("--pose_contrastive", type=FiniteFloat(min=0), default=LossConfig.pose_contrastive_weight,
+              show_default=True, help="Pose-contrastive weight (independent of --gpus unless --compat).")
+@click.option("--prob_uniform", type=FiniteFloat(0, 1),
+              help=f"FFHQ pose augmentation of gen_c [ffhq {CFG_DEFAULTS['ffhq']['prob_uniform']}].")
+@click.option("--background_kimg", type=FiniteFloat(min=0),
+              help=f"Background on after this [{LossConfig.background_start_kimg:g}; shapes: none built].")
+@click.option("--d_num_fp16_res", type=click.IntRange(min=0), default=DiscriminatorConfig.num_fp16_res,
+              show_default=True)
 @click.option("--g_num_fp16_res", type=click.IntRange(min=0), default=0, show_default=True,
               help="Accepted for compatibility; the official G ignores it (G runs in fp32).")
 @click.option("--grid", type=GridType(), help="Image grid COLSxROWS [official size; shapes: 4x2].")
-@click.option("--backend", type=click.Choice(["auto", "reference", "cpu", "gsplat", "inria"]), default="auto",
-              show_default=True, help="Rasterizer backend.")
-@bool_option("compat", "Reproduce the official quirks (docs/official-gsgan.md).", default=False)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--nonfinite", type=click.Choice(["stop", "replace"]), default="stop", show_default=True,
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+              help="Rasterizer backend.")
+@bool_option("compat", "Reproduce the official quirks (docs/official-gsgan.md).", default=TrainConfig.compat)
+@click.option("--device", type=click.Choice(DEVICES), default=TrainConfig.device, show_default=True)
+@click.option("--nonfinite", type=click.Choice(NONFINITE_MODES), default=TrainConfig.nonfinite, show_default=True,
               help="On a NaN/inf loss or gradient: stop with a snapshot, or replace and continue (official).")
 def main(**opts):
     opts = merge_bool_flags(opts)
     dry_run = opts.pop("dry_run")
-    config = build_config(opts, dry_run=dry_run)
-    if dry_run:
-        click.echo(describe(config))
-        return
-    from training import training_loop
+    try:
+        config = build_config(opts, dry_run=dry_run)
+        if dry_run:
+            click.echo(describe(config))
+            return
+        from training import training_loop
 
-    result = training_loop.launch(config)
+        result = training_loop.launch(config)
+    except USER_ERRORS as error:  # met during set-up or training (an image in a worker, a full disk)
+        raise click.ClickException(str(error)) from None
     if result.status == "fault":
         raise click.ClickException(result.message)
     click.echo(f"{result.status}: {result.run_dir} (kimg {result.cur_nimg / 1e3:.3f}); "
                f"last snapshot: {result.snapshot}")
+    if result.exit_status:  # interrupted: a distinct status, so scripts can tell it from a finished run
+        raise SystemExit(result.exit_status)
 
 
 # ---------------------------------------------------------------------------------------------- option resolution
@@ -186,7 +240,7 @@ def merge_bool_flags(opts: dict) -> dict:
 
 
 def _pick(opts: dict, key: str, preset: dict, fallback, preset_key: str | None = None):
-    """The option value if given, else the cfg preset, else the official default."""
+    """The option value if given, else the cfg preset, else `fallback` (the config dataclass's default)."""
     value = opts.get(key)
     if value is not None:
         return value
@@ -216,8 +270,6 @@ def resolve_data(opts: dict, preset: dict, dry_run: bool) -> DataConfig:
         raise click.BadParameter("required (except for --cfg=shapes and --dry-run)", param_hint="--data")
     resolution, fingerprint = 0, ""
     if path is not None and (os.path.exists(path) or not dry_run):
-        from training.dataset import DatasetError, ImageFolderDataset
-
         try:
             dataset = ImageFolderDataset(path, use_labels=opts["cond"], xflip=opts["mirror"])
         except (DatasetError, OSError) as error:
@@ -225,71 +277,119 @@ def resolve_data(opts: dict, preset: dict, dry_run: bool) -> DataConfig:
         resolution, fingerprint = dataset.resolution, dataset.fingerprint()
         dataset.close()
     resolution = resolution or opts.get("nrr") or preset["resolution"]
-    workers = _pick(opts, "workers", preset, 3)
+    workers = _pick(opts, "workers", preset, DataConfig.workers)
     return DataConfig(path=os.path.abspath(path) if path else "", resolution=resolution, mirror=opts["mirror"],
                       use_labels=opts["cond"], workers=workers, fingerprint=fingerprint)
 
 
 def build_config(opts: dict, dry_run: bool = False) -> TrainConfig:
-    """The full TrainConfig from CLI options (cfg presets filled in), validated before any expensive work."""
+    """The full TrainConfig from CLI options (cfg presets filled in, every other default the config dataclasses'),
+    validated before any expensive work: options, output folder, dataset, --resume snapshot, device, backend."""
     preset = CFG_DEFAULTS[opts["cfg"]]
     if not opts["cond"]:
         raise click.BadParameter("GSGAN needs the camera labels; --cond=False is not supported", param_hint="--cond")
     if opts.get("g_num_fp16_res"):
         click.echo("note: --g_num_fp16_res is ignored (the official G ignores it too; G runs in fp32)", err=True)
+    if not dry_run:  # before the dataset is opened (or the shapes dataset built)
+        try:
+            check_output_dir(opts["outdir"], "--outdir")
+        except OutputPathError as error:
+            raise click.UsageError(str(error)) from None
     data = resolve_data(opts, preset, dry_run)
-    batch = _pick(opts, "batch", preset, 32)
-    cbase, cmax = _pick(opts, "cbase", preset, 32768), _pick(opts, "cmax", preset, 512)
+    batch = _pick(opts, "batch", preset, TrainConfig.batch_size)
+    cbase = _pick(opts, "cbase", preset, DiscriminatorConfig.channel_base)
+    cmax = _pick(opts, "cmax", preset, GeneratorConfig.channel_max)
     g_extra = dict(preset.get("G_extra", {}), rendering_backend=opts["backend"])
     generator = GeneratorConfig(
-        num_points=_pick(opts, "gaussian_num_pts", preset, 256), res_end=_pick(opts, "res_end", preset, 128),
+        num_points=_pick(opts, "gaussian_num_pts", preset, GeneratorConfig.num_points),
+        res_end=_pick(opts, "res_end", preset, GeneratorConfig.res_end),
         channel_base=max(cbase // 4, 1), channel_max=cmax, map_depth=opts["map_depth"],
         gen_pose_cond=opts["gen_pose_cond"], c_scale=opts["c_scale"], start_pe=opts["start_pe"],
         neural_rendering_resolution=opts.get("nrr") or data.resolution, extra=g_extra)
     discriminator = DiscriminatorConfig(channel_base=cbase, channel_max=cmax, mbstd_group_size=opts["mbstd_group"],
                                         num_fp16_res=opts["d_num_fp16_res"])
     loss = LossConfig(
-        r1_gamma=_pick(opts, "gamma", preset, 1.0), pose_contrastive_weight=opts["pose_contrastive"],
-        knn_weight=opts["knn_dists"],
-        knn_k=opts["knn_num_ks"], center_weight=_pick(opts, "center_dists", preset, 1.0),
-        blur_fade_kimg=_pick(opts, "blur_fade_kimg", preset, 200.0) * batch / 32,  # scaled like EG3D
-        gpc_reg_prob=_pick(opts, "gpc_reg_prob", preset, 0.5), gpc_reg_fade_kimg=opts["gpc_reg_fade_kimg"],
-        prob_uniform=_pick(opts, "prob_uniform", preset, 0.0),
-        background_start_kimg=_pick(opts, "background_kimg", preset, 50.0),
+        r1_gamma=_pick(opts, "gamma", preset, LossConfig.r1_gamma), pose_contrastive_weight=opts["pose_contrastive"],
+        knn_weight=opts["knn_dists"], knn_k=opts["knn_num_ks"],
+        center_weight=_pick(opts, "center_dists", preset, LossConfig.center_weight),
+        blur_fade_kimg=_pick(opts, "blur_fade_kimg", preset, LossConfig.blur_fade_kimg) * batch / 32,  # as EG3D
+        gpc_reg_prob=_pick(opts, "gpc_reg_prob", preset, LossConfig.gpc_reg_prob),
+        gpc_reg_fade_kimg=opts["gpc_reg_fade_kimg"],
+        prob_uniform=_pick(opts, "prob_uniform", preset, LossConfig.prob_uniform),
+        background_start_kimg=_pick(opts, "background_kimg", preset, LossConfig.background_start_kimg),
         style_mixing_prob=opts["style_mixing_prob"], resume_blur=opts["resume_blur"])
-    snap = _pick(opts, "snap", preset, 50)
+    snap = _pick(opts, "snap", preset, TrainConfig.snapshot_ticks)
     try:
         config = TrainConfig(
             cfg=opts["cfg"], compat=opts["compat"], outdir=opts["outdir"], desc=opts["desc"], seed=opts["seed"],
             num_gpus=opts["gpus"], batch_size=batch, batch_gpu=opts["batch_gpu"] or max(batch // opts["gpus"], 1),
-            total_kimg=float(_pick(opts, "kimg", preset, 15000.0)), kimg_per_tick=float(_pick(opts, "tick", preset, 4.0)),
+            total_kimg=float(_pick(opts, "kimg", preset, TrainConfig.total_kimg)),
+            kimg_per_tick=float(_pick(opts, "tick", preset, TrainConfig.kimg_per_tick)),
             snapshot_ticks=snap, image_snapshot_ticks=snap if opts["image_snap"] is None else opts["image_snap"],
-            metrics=opts["metrics"], ema_kimg=batch * 10 / 32, ema_rampup=0.05,
+            metrics=opts["metrics"], ema_kimg=TrainConfig.ema_kimg * batch / 32,  # the default is for batch 32
             grid_size=opts["grid"] or preset.get("grid"), device=opts["device"], resume=opts["resume"] or "",
             nonfinite=opts["nonfinite"], data=data, G=generator, D=discriminator, loss=loss,
-            optim=OptimConfig(glr=_pick(opts, "glr", preset, 0.0025),
-                              dlr=_pick(opts, "dlr", preset, 0.002)),
+            optim=OptimConfig(glr=_pick(opts, "glr", preset, OptimConfig.glr),
+                              dlr=_pick(opts, "dlr", preset, OptimConfig.dlr)),
             augment=AugmentConfig(mode=opts["aug"], p=opts["aug_p"], target=opts["target"]))
         config.validate()
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
-    _check_environment(config, dry_run)
+    if config.resume:
+        check_resume(config)
+    if not dry_run:
+        _check_environment(config)
     return config
 
 
-def _check_environment(config: TrainConfig, dry_run: bool) -> None:
-    if config.resume:
-        from torch_utils.checkpoint import SnapshotError, resolve_snapshot
+def build_on_meta(cls, kwargs: dict):
+    """cls(**kwargs) on the meta device: exact sizes and init_kwargs without allocating or initialising weights.
+    A constructor refusing its sizes is a usage error."""
+    import torch
 
-        try:
-            resolve_snapshot(config.resume)
-        except SnapshotError as error:
-            raise click.BadParameter(str(error), param_hint="--resume") from None
-    if dry_run:
-        return
+    try:
+        with torch.device("meta"):
+            return cls(**kwargs)
+    except ValueError as error:
+        raise click.UsageError(str(error).splitlines()[0]) from None
+
+
+def planned_modules(config: TrainConfig) -> dict:
+    """The networks this run builds ({"G", "D", "G_ema", "augment_pipe"}; None when not used), on the meta device,
+    built from the same keyword arguments as the training loop's."""
+    from training.augment import AugmentPipe
+    from training.discriminator import Discriminator
+    from training.generator import GSGenerator
+
+    G = build_on_meta(GSGenerator, config.generator_kwargs())
+    D = build_on_meta(Discriminator, config.discriminator_kwargs())
+    augment_pipe = None if config.augment.mode == "noaug" else build_on_meta(AugmentPipe, {})
+    return {"G": G, "D": D, "G_ema": G, "augment_pipe": augment_pipe}
+
+
+def check_resume(config: TrainConfig) -> None:
+    """--resume: the snapshot must hold everything this run resumes (same architecture, optimizer states, counters)
+    and be short of --kimg; refused in one line before a run folder exists."""
+    from torch_utils.checkpoint import check_training_snapshot, resolve_snapshot
+
+    try:
+        path = resolve_snapshot(config.resume)
+        data = check_training_snapshot(path, planned_modules(config))
+    except SnapshotError as error:
+        raise click.BadParameter(str(error), param_hint="--resume") from None
+    reached = data["progress"]["cur_nimg"]
+    if reached >= config.total_kimg * 1000:
+        raise click.BadParameter(f"{path} is already at kimg {reached / 1e3:g}: nothing left to train (ask for more "
+                                 f"than that)", param_hint="--kimg")
+
+
+def _check_environment(config: TrainConfig) -> None:
+    """Device, process count and rasterizer backend usable here (before the run folder is created)."""
     import torch
 
     from torch_utils import distributed
+    from torch_utils.run_control import resolve_device
+    from training.generator import check_backend_usable
 
     if config.device == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter("no CUDA device is available", param_hint="--device")
@@ -297,25 +397,18 @@ def _check_environment(config: TrainConfig, dry_run: bool) -> None:
     if uses_cuda and not distributed.launched_by_torchrun() and config.num_gpus > torch.cuda.device_count():
         raise click.BadParameter(f"{config.num_gpus} requested but only {torch.cuda.device_count()} CUDA "
                                  f"device(s) are visible", param_hint="--gpus")
+    try:
+        check_backend_usable(config.G.extra.get("rendering_backend", "auto"), resolve_device(config.device))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--backend") from None
 
 
 def describe(config: TrainConfig) -> str:
     """Resolved options (JSON) and a model summary: exact parameter counts, Gaussians per level."""
-    import torch
-
     from torch_utils import misc
-    from training.discriminator import Discriminator
-    from training.generator import GSGenerator
 
-    def build(cls, kwargs):
-        try:
-            with torch.device("meta"):  # exact sizes without allocating or initialising the weights
-                return cls(**kwargs)
-        except Exception:  # noqa: BLE001  a constructor that computes on its tensors: build it for real
-            return cls(**kwargs)
-
-    G = build(GSGenerator, config.generator_kwargs())
-    D = build(Discriminator, config.discriminator_kwargs())
+    modules = planned_modules(config)
+    G, D = modules["G"], modules["D"]
     counts = G.gaussian_counts()
     summary = {
         "G_parameters": misc.count_parameters(G), "D_parameters": misc.count_parameters(D),

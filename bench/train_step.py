@@ -1,32 +1,45 @@
-"""Training throughput: full iterations (Gmain + Dmain + Dreg every 16, EMA) of the real training loop.
+"""Training throughput and host syncs: full iterations (Gmain + Dmain + Dreg every 16, EMA) of the real loop.
 
 Not a test: run `python bench/train_step.py` (options: --help). Default: the `shapes` config on 2 CPU threads,
 reported as kimg/hour. `--cfg ffhq256` (batch 32, one process) reports s/kimg and needs a GPU to be meaningful.
-Writes bench/results/train_step-<timestamp>.json with the device, git commit and torch version.
+
+Besides the timing it reports the host syncs per iteration: the operations after which the host waits for the
+device (a tensor value read back: item/tolist/bool/float/int/numpy/cpu, a data-dependent shape such as a boolean
+mask index or nonzero, and a blocking host-to-device copy, which CUDA orders behind all queued work). On CUDA they
+are counted by torch.cuda.set_sync_debug_mode; on a CPU, where nothing ever waits, by following which tensors would
+live on the device (parameters, buffers, data moved with .to(device)) and which on the host (numbers drawn from the
+CPU generators, the label table) through every torch call of the step, and counting the reads and mask indexing
+of device tensors (blocking uploads cannot be told from host-to-host copies there: CUDA counts them). Each is
+listed with its call site.
+With --code DIR another checkout (e.g. `git archive HEAD | tar -x -C /tmp/before`) runs the same measurement in a
+subprocess: the "before" of a change, in the same run.
+
+It also reports the bytes the loop holds between snapshots as its last good state (`held_state_mb`: a full copy
+of G, D, G_ema and both optimizers in the code before this one, nothing now) and the process RSS growth over a few
+tick ends without a snapshot. Writes bench/results/train_step-<timestamp>.json (device, git commit, torch version,
+load average).
 """
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import click
 import torch
+from torch.overrides import TorchFunctionMode
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-from _results import git_commit, write_results  # noqa: E402  (bench/ is the script's directory)
-
-import train  # noqa: E402
-from torch_utils.run_control import resolve_device  # noqa: E402
-from training.training_loop import Trainer  # noqa: E402
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+THIS_REPO = os.path.dirname(BENCH_DIR)
 
 SETUPS = {
     "shapes": dict(cli=["--cfg", "shapes"], resolution=16),
@@ -34,8 +47,106 @@ SETUPS = {
                          "--res_end", "128", "--prob_uniform", "0.5"], resolution=256),
 }
 
+T = torch.Tensor
+READS = {T.item, T.tolist, T.__bool__, T.__float__, T.__int__, T.__index__, T.numpy, T.cpu, T.nonzero,
+         torch.nonzero, T.masked_select, torch.masked_select, torch.unique, T.unique}
+TRANSFERS = {T.to, T.cuda}
+HOST_TAG = "_bench_host"
 
-def build_config(setup: str, data: str | None, device: str, outdir: str):
+
+def _is_host(value) -> bool:
+    return isinstance(value, T) and getattr(value, HOST_TAG, False)
+
+
+def _tensors(args, kwargs):
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, T):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from (v for v in value if isinstance(v, T))
+
+
+def _names_device(args, kwargs) -> bool:
+    if kwargs.get("device") is not None:
+        return True
+    return any(isinstance(a, (torch.device, str)) or (isinstance(a, T) and a is not args[0]) for a in args[1:])
+
+
+class CpuSyncCounter(TorchFunctionMode):
+    """Counts the reads of what would be device tensors on a GPU while the step runs on the CPU (module docstring).
+
+    A tensor is "host" when it was drawn from a CPU generator, made by a factory without a device, tagged by the
+    caller, or computed from host tensors only; .to(device, non_blocking=True) (the hot path's uploads) and a
+    factory's device= make device tensors. A blocking .to() keeps its input's side, so reads after the blocking
+    uploads of older code are undercounted, never overcounted."""
+
+    def __init__(self, roots: tuple[str, ...]):
+        super().__init__()
+        self.roots = roots
+        self.sites: collections.Counter = collections.Counter()
+
+    def _site(self) -> str:
+        frame = sys._getframe(2)
+        while frame is not None:
+            path = os.path.abspath(frame.f_code.co_filename)
+            for root in self.roots:
+                if path.startswith(root + os.sep) and not path.startswith(os.path.join(root, "bench") + os.sep):
+                    return f"{os.path.relpath(path, root)}:{frame.f_lineno} {frame.f_code.co_name}"
+            frame = frame.f_back
+        return "?"
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = list(_tensors(args, kwargs))
+        source = args[0] if args and isinstance(args[0], T) else None
+        generator = kwargs.get("generator")
+        cpu_draw = isinstance(generator, torch.Generator) and generator.device.type == "cpu"
+        moves = func in TRANSFERS and _names_device(args, kwargs)
+        if func in READS and source is not None and not _is_host(source):
+            self.sites[f"device read      {self._site()}"] += 1
+        elif func is T.__getitem__ and any(t.dtype == torch.bool and not _is_host(t) for t in tensors[1:]):
+            self.sites[f"mask index       {self._site()}"] += 1
+        out = func(*args, **kwargs)
+        uploads = moves and bool(kwargs.get("non_blocking", False))  # how this code base uploads to the device
+        if uploads and out is source:   # a no-op .to() on the CPU: an alias keeps the source's own tag intact
+            out = out.view_as(out)
+        if isinstance(out, T) and not any(out is t for t in tensors):   # no-ops keep their input's tag
+            if cpu_draw:
+                host = True
+            elif uploads or kwargs.get("device") is not None:
+                host = False
+            else:
+                host = all(_is_host(t) for t in tensors)   # no tensor inputs: a host-side factory
+            try:
+                setattr(out, HOST_TAG, host)
+            except (AttributeError, RuntimeError):
+                pass
+        return out
+
+
+class CudaSyncCounter:
+    """torch.cuda.set_sync_debug_mode("warn"), one count per warning, by call site."""
+
+    def __init__(self, roots):
+        self.roots, self.sites = roots, collections.Counter()
+
+    def __enter__(self):
+        self._catch = warnings.catch_warnings(record=True)
+        self._records = self._catch.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.set_sync_debug_mode(0)
+        self._catch.__exit__(*exc)
+        for record in self._records:
+            path = os.path.abspath(record.filename)
+            where = next((os.path.relpath(path, r) for r in self.roots if path.startswith(r + os.sep)), path)
+            self.sites[f"sync             {where}:{record.lineno}"] += 1
+
+
+def build_config(train, setup: str, data: str | None, device: str, outdir: str):
     """The same TrainConfig train.py would build (options parsed by its click command)."""
     spec = SETUPS[setup]
     if data is None:
@@ -47,7 +158,7 @@ def build_config(setup: str, data: str | None, device: str, outdir: str):
     return train.build_config(opts)
 
 
-def time_iterations(trainer: Trainer, warmup: int, iterations: int) -> list[float]:
+def time_iterations(trainer, warmup: int, iterations: int) -> list[float]:
     """Seconds per iteration (synchronised on CUDA). On a shared machine report the median."""
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
@@ -62,6 +173,100 @@ def time_iterations(trainer: Trainer, warmup: int, iterations: int) -> list[floa
     return times
 
 
+def count_syncs(trainer, iterations: int, repo: str) -> dict:
+    """Host syncs per iteration over `iterations` iterations (one of them with Dreg), by call site."""
+    # Host tensors made before counting starts: the label table, the sampler's permutation, Adam's step counts.
+    host_made = [trainer.all_labels, getattr(trainer.sampler, "_cached", (None, None))[1]]
+    for opt in (trainer.opt_G, trainer.opt_D):
+        host_made += [s.get("step") for s in opt.state.values()]
+    for tensor in host_made:
+        if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu":
+            tensor.__dict__[HOST_TAG] = True
+    counter = CudaSyncCounter((repo,)) if trainer.device.type == "cuda" else CpuSyncCounter((repo,))
+    start = trainer.batch_idx
+    while trainer.batch_idx % trainer.cfg.loss.r1_interval != 0:  # begin with the iteration that runs Dreg
+        trainer.train_step()
+    with counter:
+        for _ in range(iterations):
+            trainer.train_step()
+    total = sum(counter.sites.values())
+    return {"method": "cuda sync debug mode" if trainer.device.type == "cuda" else "cpu emulation",
+            "iterations": iterations, "warmup_iterations": trainer.batch_idx - start - iterations,
+            "syncs_per_iteration": total / iterations,
+            "by_site_per_iteration": {k: v / iterations for k, v in counter.sites.most_common()}}
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def held_state(trainer, ticks: int) -> dict:
+    """RSS growth over `ticks` tick ends that write no snapshot, and the size of what the code before this one
+    kept from each (a snapshot payload)."""
+    import gc
+
+    trainer.cfg = trainer.cfg.replace(snapshot_ticks=10**9, image_snapshot_ticks=10**9)
+    trainer.cur_tick = max(trainer.cur_tick, 1)
+    gc.collect()
+    before = current_rss_mb()
+    for _ in range(ticks):
+        trainer.end_tick(final=False)
+    gc.collect()
+    after = current_rss_mb()
+    held = getattr(trainer, "last_good", None)
+    payload = trainer.payload()
+    payload_bytes = 0
+
+    def visit(value):
+        nonlocal payload_bytes
+        if isinstance(value, torch.Tensor):
+            payload_bytes += value.numel() * value.element_size()
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+    visit(payload)
+    return {"rss_growth_mb_over_ticks": after - before, "ticks": ticks, "payload_mb": payload_bytes / 2**20,
+            "held_state_mb": payload_bytes / 2**20 if held is not None else 0.0}
+
+
+def measure(repo: str, setup: str, data, device: str, threads: int, warmup: int, iterations: int,
+            sync_iterations: int, validate: bool | None) -> dict:
+    """Everything for the code in `repo` (imported in this process)."""
+    sys.path.insert(0, repo)
+    import train
+    from torch_utils.run_control import resolve_device
+    from training.training_loop import Trainer
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = build_config(train, setup, data, device, tmp)
+        torch_device = resolve_device(config.device)
+        trainer = Trainer(config, tmp, 0, 1, torch_device)
+        trainer.setup()
+        trainer.start_time = trainer.tick_start_time = time.time()   # what run() sets before the first tick
+        trainer.tick_start_nimg = trainer.cur_nimg
+        times = time_iterations(trainer, warmup, iterations)
+        syncs = {}
+        modes = [None] if validate is None or not hasattr(trainer.runner, "validate") else [True, False]
+        for mode in modes:
+            if mode is not None:
+                trainer.runner.validate = mode
+            syncs["training path" if mode in (None, False) else "public path (validate=True)"] = \
+                count_syncs(trainer, sync_iterations, repo)
+        memory = held_state(trainer, 3)
+        trainer.close()
+    median = statistics.median(times)
+    batch = config.batch_size
+    return {"code": repo, "sec_per_iteration_median": median, "sec_per_iteration_all": [round(t, 4) for t in times],
+            "sec_per_kimg": median / batch * 1000, "kimg_per_hour": batch / 1000 / (median / 3600),
+            "batch": batch, "resolution": config.data.resolution, "device": str(torch_device),
+            "syncs": syncs, "memory": memory}
+
+
 @click.command()
 @click.option("--cfg", "setup", type=click.Choice(sorted(SETUPS)), default="shapes", show_default=True)
 @click.option("--data", help="Dataset zip (default: the synthetic dataset at the setup's resolution).")
@@ -69,29 +274,54 @@ def time_iterations(trainer: Trainer, warmup: int, iterations: int) -> list[floa
 @click.option("--threads", type=int, default=2, show_default=True, help="CPU threads (torch.set_num_threads).")
 @click.option("--warmup", type=int, default=2, show_default=True)
 @click.option("--iterations", type=int, default=16, show_default=True, help="Timed iterations (one Dreg).")
-def main(setup, data, device, threads, warmup, iterations):
-    torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = build_config(setup, data, device, tmp)
-        torch_device = resolve_device(config.device)
-        trainer = Trainer(config, tmp, 0, 1, torch_device)
-        trainer.setup()
-        times = time_iterations(trainer, warmup, iterations)
-        trainer.close()
-    median = statistics.median(times)
-    batch = config.batch_size
+@click.option("--sync-iterations", type=int, default=2, show_default=True, help="Iterations counted for syncs.")
+@click.option("--code", "code", default=None, metavar="DIR", help="Also measure this checkout (the code before).")
+@click.option("--json-only", is_flag=True, hidden=True, help="Print one JSON object, write nothing (--code runs).")
+def main(setup, data, device, threads, warmup, iterations, sync_iterations, code, json_only):
+    load_start = os.getloadavg()
+    if json_only:
+        result = measure(THIS_REPO if code is None else os.path.abspath(code), setup, data, device, threads, warmup,
+                         iterations, sync_iterations, validate=True)
+        click.echo("RESULT " + json.dumps(result))
+        return
+    runs = {}
+    if code is not None:
+        if not os.path.isfile(os.path.join(code, "training", "training_loop.py")):
+            raise click.BadParameter(f"{code!r} is not a gsgan checkout (no training/training_loop.py)",
+                                     param_hint="--code")
+        args = [sys.executable, os.path.abspath(__file__), "--json-only", "--code", code, "--cfg", setup,
+                "--device", device, "--threads", str(threads), "--warmup", str(warmup), "--iterations",
+                str(iterations), "--sync-iterations", str(sync_iterations)] + (["--data", data] if data else [])
+        proc = subprocess.run(args, capture_output=True, text=True, cwd=code)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            raise click.ClickException(f"--code {code}: the measurement failed: {proc.stderr.strip()[-2000:]}")
+        runs["before"] = json.loads(lines[0][len("RESULT "):])
+    runs["current"] = measure(THIS_REPO, setup, data, device, threads, warmup, iterations, sync_iterations,
+                              validate=True)
+    sys.path.insert(0, BENCH_DIR)
+    from _results import git_commit, write_results
+
+    current = runs["current"]
     result = {
-        "benchmark": "train_step", "setup": setup, "device": str(torch_device),
-        "device_name": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else platform.machine(),
-        "threads": threads, "batch": batch, "resolution": config.data.resolution, "iterations": iterations,
-        "sec_per_iteration_median": median, "sec_per_iteration_mean": statistics.mean(times),
-        "sec_per_iteration_all": [round(t, 4) for t in times],
-        "sec_per_kimg": median / batch * 1000, "kimg_per_hour": batch / 1000 / (median / 3600),
+        "benchmark": "train_step", "setup": setup, "device": current["device"],
+        "device_name": torch.cuda.get_device_name() if current["device"].startswith("cuda") else platform.machine(),
+        "threads": threads, "iterations": iterations, "runs": runs,
+        "load_average_start": load_start, "load_average_end": os.getloadavg(),
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "git_commit": git_commit(), "torch": torch.__version__,
         "timestamp": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     click.echo(json.dumps(result, indent=2))
+    for name, run in runs.items():
+        for path, counted in run["syncs"].items():
+            click.echo(f"{name:8s} {path}: {counted['syncs_per_iteration']:.2f} host syncs / iteration "
+                       f"({counted['method']})")
+        click.echo(f"{name:8s} held between snapshots: {run['memory']['held_state_mb']:.1f} MB; RSS growth over "
+                   f"{run['memory']['ticks']} ticks: {run['memory']['rss_growth_mb_over_ticks']:.1f} MB; "
+                   f"{run['sec_per_iteration_median']:.3f} s / iteration")
     click.echo(f"wrote {write_results('train_step', result)}")
+
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,9 @@ class RenderOutput:
     radii: Tensor | None = None    # [B, C, N] int32 pixel radii
 
 
-def _validate_inputs(gaussians, cameras) -> None:
+def _validate_inputs(gaussians, cameras, check_values: bool = True) -> None:
+    """Types, batch sizes, devices, dtypes and image size always (no device reads); with check_values, also the
+    finite values and non-zero quaternions, which read tensors back from the device."""
     if not isinstance(gaussians, Gaussians):
         raise ValueError(f"gaussians: expected a splatting.Gaussians, got {type(gaussians).__name__}")
     if not isinstance(cameras, Cameras):
@@ -44,6 +46,8 @@ def _validate_inputs(gaussians, cameras) -> None:
         value = getattr(cameras, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"cameras.{name}: expected a positive int (pixels), got {value!r}")
+    if not check_values:
+        return
     _validate_gaussians(gaussians)
     if not bool(torch.isfinite(cameras.world_to_cam).all() & torch.isfinite(cameras.K).all()):
         raise ValueError("cameras: world_to_cam or K contains non-finite values (NaN or inf)")
@@ -96,7 +100,7 @@ class _ColorDepthFeats(torch.autograd.Function):
         return grad_feats[..., :3], grad_feats[..., 3]
 
 
-def _background(background, gaussians: Gaussians, batch: int, cams: int) -> Tensor | None:
+def _background(background, gaussians: Gaussians, batch: int, cams: int, check_values: bool = True) -> Tensor | None:
     """[B, C, 3] background colour in the Gaussians' dtype, or None (black)."""
     if background is None:
         return None
@@ -114,13 +118,13 @@ def _background(background, gaussians: Gaussians, batch: int, cams: int) -> Tens
     except RuntimeError:
         raise ValueError(f"background: expected a tensor broadcastable to [B, C, 3] = [{batch}, {cams}, 3], "
                          f"got shape {list(background.shape)}") from None
-    if not background.is_floating_point() or not bool(torch.isfinite(background).all()):
+    if not background.is_floating_point() or (check_values and not bool(torch.isfinite(background).all())):
         raise ValueError("background: expected finite floating-point colour values (linear RGB, 0..1)")
     return background.to(gaussians.means.dtype).expand(batch, cams, 3)
 
 
 def render(gaussians: Gaussians, cameras: Cameras, background=None, backend: str = "auto",
-           return_means2d: bool = False) -> RenderOutput:
+           return_means2d: bool = False, validate: bool = True) -> RenderOutput:
     """Render every scene b of `gaussians` from each of its C cameras (one rasterizer call for all B*C images).
 
     Args:
@@ -132,6 +136,10 @@ def render(gaussians: Gaussians, cameras: Cameras, background=None, backend: str
         backend: 'auto' (gsplat on CUDA, cpu on CPU; GSGAN_BACKEND overrides) or one of
             'reference', 'cpu', 'gsplat', 'inria'. See splatting.available_backends().
         return_means2d: also return the screen-space means (with retained grad) and radii.
+        validate: False skips the checks that read tensor values back from the device (non-finite values,
+            zero-norm quaternions, a non-finite background): one host sync each. Only for callers that build the
+            inputs themselves and check what comes out, like the training loop, where a non-finite Gaussian gives
+            a non-finite loss that stops the run. Types, shapes, devices and dtypes are checked either way.
 
     Returns:
         RenderOutput(color [B, C, 3, H, W], depth [B, C, 1, H, W], alpha [B, C, 1, H, W]); differentiable
@@ -153,10 +161,12 @@ def render(gaussians: Gaussians, cameras: Cameras, background=None, backend: str
     """
     if not isinstance(backend, str) or (backend != "auto" and backend not in BACKENDS):
         raise ValueError(f"backend: unknown name {backend!r}; valid: 'auto', {', '.join(map(repr, BACKENDS))}")
-    _validate_inputs(gaussians, cameras)
+    if not isinstance(validate, bool):
+        raise ValueError(f"validate: expected True or False, got {validate!r}")
+    _validate_inputs(gaussians, cameras, check_values=validate)
     b, c, n = gaussians.batch_size, cameras.num_cameras, gaussians.num_gaussians
     width, height = cameras.width, cameras.height
-    bg = _background(background, gaussians, b, c)
+    bg = _background(background, gaussians, b, c, check_values=validate)
     module = get_backend(backend, gaussians.device)
 
     means2d_bc = radii_bc = None

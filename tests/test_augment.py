@@ -195,3 +195,45 @@ def test_controller_updates_every_interval():
     assert ctl2.iteration == ctl.iteration - 4 and float(ctl2.stats[1]) == 8
     with pytest.raises(ValueError, match="target"):
         AdaController(pipe, target=1.5)
+
+
+class _CountReads(torch.overrides.TorchFunctionMode):
+    """Counts tensor -> Python value reads (the calls that wait for a GPU)."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
+             torch.Tensor.__int__, torch.Tensor.cpu, torch.Tensor.numpy}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.reads += func in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def test_ada_statistics_stay_on_the_device_and_p_is_read_once_per_change():
+    pipe = AugmentPipe()
+    ctl = AdaController(pipe, target=0.6, interval=4, speed_kimg=0.5)
+    images, gen = torch.rand(2, 3, 8, 8), torch.Generator().manual_seed(0)
+    with _CountReads() as counter:
+        for _ in range(3):  # three iterations: accumulate, augment, step; no update of p yet
+            ctl.accumulate(torch.ones(8, 1))
+            pipe(images, generator=gen)
+            assert ctl.step(8) is None
+    assert counter.reads == 0
+    with _CountReads() as counter:
+        ctl.accumulate(torch.ones(8, 1))
+        assert ctl.step(8) == 1.0  # the interval's one read of the statistics
+        pipe(images, generator=gen)
+        pipe(images, generator=gen)
+    assert counter.reads == 1 and pipe.p_value() == pytest.approx(32 / 500)
+    pipe.p.fill_(0.25)  # any other change of the buffer is noticed (one read, then none)
+    with _CountReads() as counter:
+        assert pipe.p_value() == 0.25 and pipe.p_value() == 0.25
+    assert counter.reads == 1
+    clone = AugmentPipe()
+    clone.load_state_dict(pipe.state_dict())
+    assert clone.p_value() == 0.25
+    clone.set_p(0.0)
+    assert clone(images) is images  # p = 0: the identity without augmenting

@@ -137,3 +137,118 @@ def test_infinite_sampler_resumes_and_shards():
     shards = [[next(it) for _ in range(5)] for it in ranks]
     assert sorted(shards[0] + shards[1]) == list(range(10))
     assert shards[0] == first[0:10:2] and shards[1] == first[1:10:2]
+
+
+# ---------------------------------------------------------------------------------------------- checksums
+def _flip_tensor_byte(path: str) -> None:
+    """Overwrite one byte in the middle of the largest tensor's data inside a torch.save zip (uncompressed)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as handle:
+        handle.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", handle.read(4))
+        position = info.header_offset + 30 + name_length + extra_length + info.file_size // 2
+        handle.seek(position)
+        byte = handle.read(1)
+        handle.seek(position)
+        handle.write(bytes([byte[0] ^ 0x5A]))
+
+
+def test_snapshots_carry_a_checksum_that_catches_changed_tensor_bytes(modules, tmp_path):
+    path = str(tmp_path / "network-snapshot-000000.pt")
+    checkpoint.save_snapshot(path, modules, progress={"cur_nimg": 0})
+    raw = torch.load(path, weights_only=True)
+    assert raw["checksum"] == checkpoint.content_checksum(raw) and raw["checksum"].startswith("sha256:")
+    _flip_tensor_byte(path)
+    torch.load(path, weights_only=True)  # torch itself does not notice ...
+    with pytest.raises(SnapshotError) as info:  # ... the checksum does, in one line naming the file
+        checkpoint.load_snapshot(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: checksum mismatch") and "\n" not in message
+
+
+def test_snapshots_without_checksum_still_load(modules, tmp_path):
+    path = str(tmp_path / "old.pt")
+    old = {"format": "gsgan-snapshot", "version": 1, "augment_pipe": None,
+           **{key: checkpoint.module_record(modules[key]) for key in ("G", "D", "G_ema")}}
+    torch.save(old, path)  # as written before checksums existed
+    assert "checksum" not in torch.load(path, weights_only=True)
+    assert isinstance(checkpoint.load_snapshot(path)["G"], GSGenerator)
+    torch.save(dict(old, checksum=12), path)
+    with pytest.raises(SnapshotError, match="malformed checksum"):
+        checkpoint.read_snapshot_dict(path)
+
+
+def test_checksum_covers_values_dtypes_shapes_and_plain_data():
+    base = {"format": "gsgan-snapshot", "t": torch.arange(6, dtype=torch.float32), "progress": {"cur_nimg": 4}}
+    digest = checkpoint.content_checksum(base)
+    assert checkpoint.content_checksum(dict(reversed(list(base.items())))) == digest  # key order is irrelevant
+    assert checkpoint.content_checksum(dict(base, checksum="sha256:x")) == digest  # its own entry is excluded
+    changed = [dict(base, t=base["t"].clone().index_fill_(0, torch.tensor([3]), 3.5)),
+               dict(base, t=base["t"].reshape(2, 3)), dict(base, t=base["t"].double()),
+               dict(base, t=torch.arange(6, dtype=torch.int32).view(torch.float32)),
+               dict(base, progress={"cur_nimg": 5}), dict(base, progress={"cur_nimg": 4.0}),
+               dict(base, progress=[("cur_nimg", 4)])]
+    digests = {checkpoint.content_checksum(c) for c in changed}
+    assert len(digests) == len(changed) and digest not in digests
+
+
+def test_reconstruction_snapshots_are_checked_too(tmp_path):
+    from reconstruction.encoder import build_encoder
+
+    torch.manual_seed(0)
+    path = str(tmp_path / "network-snapshot-000001.pt")
+    encoder = build_encoder("small", num_candidates=8, backbone_channels=[16, 16, 32], feature_channels=32,
+                            cost_unet_channels=16, refine_channels=8, head_hidden_channels=16)
+    checkpoint.save_recon_snapshot(path, encoder, optimizer={}, scheduler={}, progress={"step": 1}, rng={"ranks": []},
+                                   options={})
+    assert "checksum" in torch.load(path, weights_only=True)
+    checkpoint.read_recon_snapshot_dict(path)
+    _flip_tensor_byte(path)
+    with pytest.raises(SnapshotError, match="checksum mismatch"):
+        checkpoint.read_recon_snapshot_dict(path)
+
+
+# ---------------------------------------------------------------------------------------------- failed writes
+_FULL_DISK_SCRIPT = """
+import os, resource, signal, sys, torch
+from torch_utils import checkpoint
+folder = sys.argv[1]
+path = os.path.join(folder, "network-snapshot-000000.pt")
+checkpoint.atomic_torch_save({"format": "gsgan-snapshot", "w": torch.zeros(10)}, path)  # a good earlier snapshot
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))  # the disk is 'full' past 200 kB
+try:
+    checkpoint.atomic_torch_save({"format": "gsgan-snapshot", "w": torch.zeros(1_000_000)}, path)
+except checkpoint.SnapshotWriteError as error:
+    print("ERROR", error.errno, error)
+"""
+
+
+def test_a_full_disk_leaves_the_previous_snapshot_and_no_temp_file(tmp_path):
+    import errno
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK_SCRIPT, str(tmp_path)], cwd=repo, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    path = str(tmp_path / "network-snapshot-000000.pt")
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"ERROR {errno.EFBIG} {path}: cannot write the file ({os.strerror(errno.EFBIG)})")
+    assert os.listdir(tmp_path) == ["network-snapshot-000000.pt"]  # no .tmp-* left
+    assert torch.load(path, weights_only=True)["w"].shape == (10,)  # the earlier snapshot is intact
+
+
+def test_write_errors_are_snapshot_errors_and_os_errors():
+    error = checkpoint.SnapshotWriteError("x.pt: cannot write the file (No space left on device)", 28,
+                                          "No space left on device")
+    assert isinstance(error, SnapshotError) and isinstance(error, OSError)  # old `except OSError` callers still work
+    clone = pickle.loads(pickle.dumps(error))
+    assert type(clone) is checkpoint.SnapshotWriteError and str(clone) == str(error)
+    assert (clone.errno, clone.strerror) == (28, "No space left on device")

@@ -247,3 +247,48 @@ def test_error_corrupt_image_bytes(tmp_path):
     ds = ImageFolderDataset(folder)
     with pytest.raises(DatasetError, match="img001.png: not a readable image"):
         ds[1]
+
+
+def test_error_label_outside_float32(tmp_path):
+    labels = _labels(3)
+    labels[1, 3] = 1e308  # finite as a float64, inf once the labels become float32
+    message = _bad(tmp_path, "out of the float32 range", labels=labels)
+    assert "img001.png" in message and "label entry 3 = 1e+308" in message
+
+
+def test_error_dangling_symlink(tmp_path):
+    folder = write_folder(tmp_path / "ds", n=2)
+    os.symlink(os.path.join(folder, "sub", "gone.png"), os.path.join(folder, "sub", "link.png"))
+    with pytest.raises(DatasetError) as info:
+        ImageFolderDataset(folder)
+    message = str(info.value)
+    assert message == (f"{folder}: 'sub/link.png' is a dangling symbolic link (its target "
+                       f"{os.path.join(folder, 'sub', 'gone.png')} does not exist)")
+
+
+def _dataset_with_bad_item(tmp_path, kind: str) -> ImageFolderDataset:
+    """A dataset whose item 3 is unreadable (corrupt bytes) or mis-sized; item 0, read when it is built, is fine."""
+    images = [Image.fromarray(im) for im in _images(4, 16)]
+    if kind == "mis-sized":
+        images[3] = images[3].resize((8, 8))
+    folder = write_folder(tmp_path / kind, n=4, images=images)
+    if kind == "corrupt":
+        with open(os.path.join(folder, "sub/img003.png"), "r+b") as f:
+            f.seek(40)
+            f.write(b"\0" * 64)
+    return ImageFolderDataset(folder)
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "mis-sized"])
+def test_error_met_in_a_dataloader_worker_is_the_same_line(tmp_path, kind):
+    ds = _dataset_with_bad_item(tmp_path, kind)
+    with pytest.raises(DatasetError) as in_main:
+        ds[3]
+    expected = str(in_main.value)
+    assert "img003.png" in expected and "\n" not in expected
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, shuffle=False)
+    with pytest.raises(DatasetError) as in_worker:
+        for _ in loader:
+            pass
+    assert str(in_worker.value) == expected
+    assert str(pickle.loads(pickle.dumps(in_worker.value))) == expected  # and so across processes

@@ -434,6 +434,7 @@ def test_snapshot_claiming_a_trillion_points_is_refused(snapshot, tmp_path):
     data = torch.load(snapshot, weights_only=True)
     data["G_ema"]["init_kwargs"]["num_points"] = 10 ** 12
     huge = tmp_path / "huge.pt"
+    data.pop("checksum", None)  # edited on purpose: not a corrupted file
     torch.save(data, huge)
     result = run("--network", huge, "--outdir", tmp_path / "o", "--frames", 2)
     assert result.exit_code == 1 and "Gaussians per sample; at most" in _error_line(result)

@@ -7,7 +7,9 @@ import subprocess
 import sys
 import threading
 
+import click
 import pytest
+import torch
 from click.testing import CliRunner
 
 import dnnlib
@@ -163,3 +165,212 @@ def test_cli_trains_and_resumes_into_a_new_run_dir(tmp_path):
     assert "resuming from" in open(os.path.join(resumed, "log.txt")).read()
     assert sorted(os.listdir(outdir)) == ["00000-shapes-tiny16-gpus1-batch4-gamma0.1",
                                           "00001-shapes-tiny16-gpus1-batch4-gamma0.1"]
+
+
+# ---------------------------------------------------------------------------------------------- bad inputs
+TINY = ["--cfg", "shapes", "--gaussian_num_pts", "16", "--res_end", "16", "--cmax", "32", "--cbase", "512",
+        "--batch", "4", "--mbstd-group", "2", "--tick", "0.004", "--backend", "reference", "--workers", "0",
+        "--device", "cpu", "--grid", "2x1", "--seed", "1"]
+
+
+def one_line_error(result, fragment: str) -> str:
+    """The single 'Error: ...' line of a refused command, after checking it names `fragment` and is no traceback."""
+    assert result.exit_code in (1, 2), (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception  # refused by the CLI, nothing escaped
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.output
+    return errors[0]
+
+
+FLOAT_OPTIONS = sorted(p.opts[0] for p in train.main.params if isinstance(p.type, click.types.FloatParamType))
+
+
+def test_every_float_option_refuses_nan_and_inf():
+    assert all(isinstance(p.type, train.FiniteFloat) for p in train.main.params
+               if isinstance(p.type, click.types.FloatParamType))
+    assert {"--kimg", "--glr", "--c-scale", "--p", "--gamma"} <= set(FLOAT_OPTIONS)
+
+
+@pytest.mark.parametrize("option", FLOAT_OPTIONS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
+def test_non_finite_float_options_are_refused_before_any_work(option, value, tmp_path):
+    outdir = tmp_path / "runs"
+    result = CliRunner().invoke(train.main, ["--outdir", str(outdir), "--cfg", "shapes", f"{option}={value}"])
+    one_line_error(result, f"Invalid value for '{option}': expected a finite number, got '{value}'")
+    assert not outdir.exists()
+    assert not os.path.exists(os.path.join(os.environ["GSGAN_CACHE_DIR"], "datasets"))  # shapes data not built
+
+
+def test_config_refuses_non_finite_values_and_launch_writes_nothing(tmp_path):
+    from training import training_loop
+
+    with pytest.raises(ConfigError, match=r"TrainConfig.optim.glr: expected a finite number, got nan"):
+        TrainConfig().replace(optim=TrainConfig().optim.replace(glr=float("nan"))).validate()
+    with pytest.raises(ConfigError, match=r"TrainConfig.loss.r1_gamma: expected a finite number"):
+        TrainConfig.from_json('{"loss": {"r1_gamma": Infinity}}')
+    config = TrainConfig(outdir=str(tmp_path / "runs"), total_kimg=float("inf"))
+    with pytest.raises(ConfigError, match="total_kimg"):
+        training_loop.launch(config)
+    assert not (tmp_path / "runs").exists()  # no run folder, no training_options.json with a NaN
+
+
+def test_outdir_that_is_a_file_is_refused_before_any_work(tmp_path):
+    blocker = tmp_path / "runs"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(train.main, ["--outdir", str(blocker / "sub"), "--cfg", "shapes"])
+    one_line_error(result, f"--outdir: {blocker} is a file, not a folder")
+    assert not os.path.exists(os.path.join(os.environ["GSGAN_CACHE_DIR"], "datasets"))  # shapes data not built
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_outdir_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = CliRunner().invoke(train.main, ["--outdir", str(locked / "runs"), "--cfg", "shapes"])
+        one_line_error(result, f"--outdir: cannot write into {locked}")
+    finally:
+        locked.chmod(0o755)
+    assert os.listdir(locked) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_snapshot(tmp_path_factory):
+    """(dataset, snapshot) of a 4-image CLI run: the base of every --resume case below."""
+    from tests.test_training import build_tiny_dataset
+
+    base = tmp_path_factory.mktemp("tiny-run")
+    data = build_tiny_dataset(str(base))
+    result = CliRunner().invoke(train.main, ["--outdir", str(base / "runs"), "--data", data, *TINY, "--kimg", "0.004"])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = [os.path.join(base, "runs", name) for name in os.listdir(base / "runs")]
+    return data, os.path.join(run_dir, "network-snapshot-000000.pt")
+
+
+def _variant(snapshot: str, dest, change) -> str:
+    data = torch.load(snapshot, weights_only=True)
+    assert data.pop("checksum").startswith("sha256:")  # train.py's snapshots carry one: a change would be caught
+    change(data)
+    torch.save(data, str(dest))  # as written by hand or before checksums existed: the other checks must catch it
+    return str(dest)
+
+
+def _wrong_shape(data):
+    name = next(k for k, v in data["G"]["state_dict"].items() if v.ndim == 2)
+    tensor = data["G"]["state_dict"][name]
+    data["G"]["state_dict"][name] = torch.zeros(tensor.shape[0] + 1, tensor.shape[1])
+
+
+def _wrong_moment(data):
+    data["optimizers"]["G"]["state"][0]["exp_avg"] = torch.zeros(3, 3, 3)
+
+
+class _Hostile:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _resume_case(case: str, snapshot: str, tmp_path) -> tuple[str, list[str], str]:
+    """(--resume path, extra options, expected fragment of the error line) of one bad --resume."""
+    if case == "truncated":
+        path = tmp_path / "truncated.pt"
+        path.write_bytes(open(snapshot, "rb").read()[:5000])
+        return str(path), [], "is not a gsgan snapshot: refused to load it safely"
+    if case == "text":
+        path = tmp_path / "notes.pt"
+        path.write_text("these are not the weights you are looking for\n")
+        return str(path), [], "is not a gsgan snapshot: refused to load it safely"
+    if case == "hostile":
+        path = tmp_path / "hostile.pt"
+        torch.save({"format": "gsgan-snapshot", "version": 1, "G": _Hostile(str(tmp_path / "pwned"))}, str(path))
+        return str(path), [], "is not a gsgan snapshot: refused to load it safely"
+    if case == "flipped byte":
+        path = tmp_path / "flipped.pt"
+        path.write_bytes(open(snapshot, "rb").read())
+        from tests.test_checkpoint import _flip_tensor_byte
+
+        _flip_tensor_byte(str(path))
+        return str(path), [], "checksum mismatch"
+    if case == "wrong shape":
+        return _variant(snapshot, tmp_path / "shape.pt", _wrong_shape), [], "(G) does not match GSGenerator: shape"
+    if case == "no optimizer":
+        return (_variant(snapshot, tmp_path / "noopt.pt", lambda d: d.pop("optimizers")), [],
+                "a snapshot without optimizer states cannot be resumed")
+    if case == "imported":
+        def imported(data):
+            data["optimizers"], data["imported_from"] = None, {"path": "network-snapshot.pkl"}
+        return (_variant(snapshot, tmp_path / "imported.pt", imported), [],
+                "an imported official checkpoint without optimizer states cannot be resumed")
+    if case == "optimizer shape":
+        return (_variant(snapshot, tmp_path / "moment.pt", _wrong_moment), [],
+                "optimizers.G: exp_avg of parameter 0 has shape [3, 3, 3]")
+    if case == "bad progress":
+        return (_variant(snapshot, tmp_path / "progress.pt", lambda d: d["progress"].update(cur_nimg=-4)), [],
+                "progress must hold non-negative integers")
+    if case == "architecture":
+        return snapshot, ["--gaussian_num_pts", "32"], "G architecture differs from this run's options: num_points=16"
+    if case == "augment":
+        return snapshot, ["--aug", "ada"], "augment_pipe is missing but this run uses it"
+    if case == "kimg reached":
+        return snapshot, ["--kimg", "0.004"], "is already at kimg 0.004: nothing left to train"
+    raise AssertionError(case)
+
+
+RESUME_CASES = ["truncated", "text", "hostile", "flipped byte", "wrong shape", "no optimizer", "imported",
+                "optimizer shape", "bad progress", "architecture", "augment", "kimg reached"]
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_bad_resume_is_one_line_before_any_run_folder(case, tiny_snapshot, tmp_path):
+    data, snapshot = tiny_snapshot
+    path, extra, fragment = _resume_case(case, snapshot, tmp_path)
+    outdir = tmp_path / "runs"
+    args = ["--outdir", str(outdir), "--data", data, *TINY, "--kimg", "0.008", *extra, "--resume", path]
+    line = one_line_error(CliRunner().invoke(train.main, args), fragment)
+    assert os.path.basename(path) in line
+    assert not outdir.exists()
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_image_that_fails_mid_training_is_one_line(tmp_path):
+    """Every image but the first (read when the options are checked) is damaged: the first batch fails in the
+    DataLoader worker and the command ends with that image's one line (seed 6: the 1x1 grid shows image 0)."""
+    from tests.test_dataset import write_folder
+
+    folder = write_folder(tmp_path / "ds", n=8, res=16)
+    for i in range(1, 8):
+        with open(os.path.join(folder, f"sub/img{i:03d}.png"), "r+b") as handle:
+            handle.seek(40)
+            handle.write(b"\0" * 64)
+    args = ["--outdir", str(tmp_path / "runs"), "--data", folder, *TINY, "--kimg", "0.008", "--workers", "1",
+            "--grid", "1x1", "--seed", "6"]
+    line = one_line_error(CliRunner().invoke(train.main, args), f"{folder}/sub/img00")
+    assert "not a readable image" in line
+    assert len(os.listdir(tmp_path / "runs")) == 1  # met by the running trainer, after the options were checked
+
+
+def test_defaults_come_from_the_config_dataclasses():
+    """Every option neither given nor set by the cfg preset resolves to the dataclass default."""
+    options = resolved_options(CliRunner().invoke(train.main, BASE).output)
+    defaults = TrainConfig().to_dict()
+    preset_or_derived = {"cfg", "outdir", "data", "G", "loss", "metrics", "grid_size"}
+    assert {k: v for k, v in options.items() if k not in preset_or_derived} == \
+        {k: v for k, v in defaults.items() if k not in preset_or_derived}
+    assert {k: v for k, v in options["G"].items() if k not in ("extra", "neural_rendering_resolution")} == \
+        {k: v for k, v in defaults["G"].items() if k not in ("extra", "neural_rendering_resolution")}
+    assert dict(options["loss"], prob_uniform=0.0) == defaults["loss"]  # ffhq's preset: prob_uniform 0.5
+
+
+def test_choice_lists_are_the_registries():
+    from splatting.backends import BACKENDS
+    from training import config
+
+    choices = {p.name: list(p.type.choices) for p in train.main.params if isinstance(p.type, click.Choice)}
+    assert choices == {"cfg": list(config.CFG_NAMES), "aug": list(config.AUGMENT_MODES),
+                       "backend": ["auto", *BACKENDS], "device": list(config.DEVICES),
+                       "nonfinite": list(config.NONFINITE_MODES)}

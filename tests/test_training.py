@@ -114,15 +114,95 @@ def test_resume_is_exact(straight_run, tiny_data, tmp_path):
 
 def test_nan_stops_with_last_good_snapshot(tiny_data, tmp_path):
     config = tiny_config(tiny_data, str(tmp_path), loss=tiny_config(tiny_data, "").loss.replace(debug_nan_at_iter=1),
-                         snapshot_ticks=0, image_snapshot_ticks=0)
+                         image_snapshot_ticks=0)
     result = training_loop.launch(config)
-    assert result.status == "fault"
+    assert result.status == "fault" and result.exit_status == 1
     assert "non-finite loss in phase Gmain at tick 1" in result.message
     assert result.snapshot and os.path.isfile(result.snapshot) and result.snapshot in result.message
     snap = checkpoint.load_snapshot(result.snapshot)
-    assert snap["progress"]["cur_nimg"] == 4  # the state after tick 0, before the bad iteration
+    assert snap["progress"]["cur_nimg"] == 4  # the snapshot of tick 0, written before the bad iteration
     assert all(torch.isfinite(p).all() for p in snap["G"].parameters())
     assert "non-finite loss in phase Gmain" in open(os.path.join(result.run_dir, "log.txt")).read()
+    assert [f for f in os.listdir(result.run_dir) if f.startswith("network-snapshot")] == ["network-snapshot-000000.pt"]
+
+
+def test_fault_before_any_snapshot_says_so(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, str(tmp_path), loss=tiny_config(tiny_data, "").loss.replace(debug_nan_at_iter=1),
+                         snapshot_ticks=0, image_snapshot_ticks=0)
+    result = training_loop.launch(config)
+    assert result.status == "fault" and result.snapshot is None
+    assert "no snapshot was written before the fault" in result.message
+    assert not [f for f in os.listdir(result.run_dir) if f.startswith(("network-snapshot", ".tmp"))]
+
+
+def test_no_copy_of_the_state_between_snapshots(tiny_data, tmp_path, monkeypatch):
+    """The snapshot payload (a CPU copy of G, D, G_ema and both optimizers) is built only when one is written."""
+    calls = []
+    original = training_loop.Trainer.payload
+    monkeypatch.setattr(training_loop.Trainer, "payload", lambda self: calls.append(self.cur_nimg) or original(self))
+    result = training_loop.launch(tiny_config(tiny_data, str(tmp_path), snapshot_ticks=0, image_snapshot_ticks=0))
+    assert result.status == "done" and calls == [12]  # three ticks, one snapshot: the final one
+    assert not hasattr(training_loop.Trainer, "last_good")
+
+
+def test_resume_at_the_target_trains_nothing(tiny_data, tmp_path):
+    first = training_loop.launch(tiny_config(tiny_data, str(tmp_path), total_kimg=0.008))
+    again = training_loop.launch(tiny_config(tiny_data, str(tmp_path), total_kimg=0.008, resume=first.snapshot))
+    assert again.status == "done" and again.exit_status == 0 and again.cur_nimg == 8
+    assert again.snapshot == first.snapshot and "nothing to train" in again.message
+    assert not [f for f in os.listdir(again.run_dir) if f.startswith("network-snapshot")]
+    assert "nothing to train" in open(os.path.join(again.run_dir, "log.txt")).read()
+
+
+def test_exit_status_tells_finished_from_interrupted():
+    from torch_utils.run_control import exit_status
+
+    assert [exit_status(s) for s in ("done", "time_limit", "fault", "interrupted")] == [0, 0, 1, 3]
+    with pytest.raises(ValueError, match="run status: expected one of"):
+        exit_status("finished")
+
+
+def test_worker_error_mid_run_exits_instead_of_hanging(tiny_data, tmp_path):
+    """A DataLoader worker failing mid-run (e.g. a corrupt image): the error reaches the caller and the process
+    exits, although the workers ignore SIGTERM (the interpreter's exit used to wait on them forever)."""
+    script = (f"import sys; sys.path.insert(0, {REPO!r}); import torch; from training import dataset as ds\n"
+              f"original, calls = ds.ImageFolderDataset._load_image, [0]\n"
+              f"def failing(self, raw):\n"
+              f"    calls[0] += 1\n"
+              f"    if torch.utils.data.get_worker_info() is not None and calls[0] > 10:\n"
+              f"        raise ds.DatasetError(self._where(raw) + ': corrupt image (injected)')\n"
+              f"    return original(self, raw)\n"
+              f"ds.ImageFolderDataset._load_image = failing\n"
+              f"from tests.test_training import tiny_config; from training.training_loop import launch\n"
+              f"launch(tiny_config({tiny_data!r}, {str(tmp_path)!r}, total_kimg=10.0, snapshot_ticks=0, "
+              f"image_snapshot_ticks=0, data_workers=1))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=240)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "corrupt image (injected)" in proc.stderr
+
+
+def test_render_validate_false_skips_only_the_value_checks():
+    from splatting import Cameras, Gaussians, render
+    from splatting.cameras import look_at
+
+    g = Gaussians(means=torch.randn(1, 8, 3) * 0.3, log_scales=torch.full((1, 8, 3), -3.0),
+                  quats=torch.randn(1, 8, 4), opacity_logits=torch.zeros(1, 8), sh=torch.rand(1, 8, 1, 3))
+    w2c = torch.linalg.inv(look_at(torch.tensor([[[0.0, 0.0, 2.7]]]), torch.zeros(3)))
+    cams = Cameras(w2c, torch.tensor([[64.0, 0, 8], [0, 64.0, 8], [0, 0, 1]]).expand(1, 1, 3, 3), 16, 16)
+    bad = Gaussians(**{**{k: getattr(g, k) for k in ("log_scales", "quats", "opacity_logits", "sh")},
+                       "means": g.means.clone().index_fill_(1, torch.tensor([0]), float("nan"))})
+    with pytest.raises(ValueError, match="Gaussians.means: 3 non-finite"):
+        render(bad, cams, backend="reference")
+    out = render(bad, cams, backend="reference", validate=False)  # no check: NaN flows into the image
+    assert out.color.shape == (1, 1, 3, 16, 16)
+    ok = render(g, cams, backend="reference", validate=False)
+    torch.testing.assert_close(ok.color, render(g, cams, backend="reference").color, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cameras: batch size B = 1"):
+        render(Gaussians(**{k: torch.cat([getattr(g, k)] * 2) for k in ("means", "log_scales", "quats",
+                                                                         "opacity_logits", "sh")}),
+               cams, backend="reference", validate=False)
+    with pytest.raises(ValueError, match="validate: expected True or False"):
+        render(g, cams, backend="reference", validate="no")
 
 
 def test_two_process_gloo_ranks_stay_identical(tiny_data, tmp_path):
@@ -142,7 +222,7 @@ def test_stop_signal_writes_snapshot_and_exits_cleanly(tiny_data, tmp_path, sig,
               f"from training.training_loop import launch; "
               f"r = launch(tiny_config({tiny_data!r}, {str(tmp_path)!r}, total_kimg=10.0, snapshot_ticks=0, "
               f"image_snapshot_ticks=0, data_workers={workers})); "
-              f"print('STATUS', r.status, r.cur_nimg, r.snapshot, flush=True)")
+              f"print('STATUS', r.status, r.cur_nimg, r.snapshot, flush=True); sys.exit(r.exit_status)")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, cwd=REPO, start_new_session=True)
     lines = []
@@ -157,11 +237,13 @@ def test_stop_signal_writes_snapshot_and_exits_cleanly(tiny_data, tmp_path, sig,
         if time.time() > deadline:
             proc.kill()
             break
-    assert proc.wait(timeout=60) == 0, "".join(lines)
+    assert proc.wait(timeout=60) == 3, "".join(lines)  # interrupted: not the 0 of a finished run
     status = [line for line in lines if line.startswith("STATUS")]
     assert status and status[0].split()[1] == "interrupted", "".join(lines)
     snapshot = status[0].split()[3]
     assert checkpoint.load_snapshot(snapshot)["progress"]["cur_nimg"] >= 4
+    log = open(os.path.join(os.path.dirname(snapshot), "log.txt")).read()
+    assert f"interrupted by {sig.name}" in log and "exit status 3" in log
 
 
 def test_compat_resume_uses_official_schedules(tiny_data, tmp_path):

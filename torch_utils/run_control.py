@@ -1,5 +1,6 @@
 """Process-level plumbing both training loops (GAN and reconstruction) share: the device of a rank, DataLoader
-workers that leave stop signals to the main process, and SIGINT / SIGTERM handlers that ask for a clean stop."""
+workers that leave stop signals to the main process (and are stopped for sure when training ends), SIGINT /
+SIGTERM handlers that ask for a clean stop, and the exit status that tells a finished run from an interrupted one."""
 from __future__ import annotations
 
 import signal
@@ -9,6 +10,18 @@ from typing import Callable
 import torch
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Exit status of a training CLI per run status: 0 finished (also a reconstruction run that reached its time
+# limit), 1 stopped by a training fault, 3 interrupted by SIGINT / SIGTERM after writing a snapshot (not finished:
+# continue with --resume). 2 stays click's usage error.
+EXIT_STATUS = {"done": 0, "time_limit": 0, "fault": 1, "interrupted": 3}
+WORKER_JOIN_TIMEOUT_S = 5.0
+
+
+def exit_status(status: str) -> int:
+    """Process exit status of a run that ended with `status` (see EXIT_STATUS)."""
+    if status not in EXIT_STATUS:
+        raise ValueError(f"run status: expected one of {sorted(EXIT_STATUS)}, got {status!r}")
+    return EXIT_STATUS[status]
 
 
 class DeviceUnavailable(RuntimeError):
@@ -29,6 +42,27 @@ def ignore_stop_signals(_worker_id: int) -> None:
     a worker dying first would crash the main process before it could save anything."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def shutdown_loader(iterator, timeout: float = WORKER_JOIN_TIMEOUT_S) -> None:
+    """Stop the worker processes of a DataLoader iterator now, whatever state they are in.
+
+    Workers ignore SIGTERM (ignore_stop_signals), so the DataLoader's own shutdown (which ends with terminate())
+    and the interpreter's exit (which joins every child) can wait on one forever, e.g. after an exception whose
+    traceback keeps the iterator alive. Here: the DataLoader's shutdown, then SIGKILL for any worker still alive
+    after `timeout` seconds. A single-process iterator has nothing to stop."""
+    workers = list(getattr(iterator, "_workers", ()))
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        try:
+            shutdown()
+        except Exception:  # noqa: BLE001  a broken queue must not prevent the kill below
+            pass
+    for worker in workers:
+        worker.join(timeout)
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout)
 
 
 def install_stop_handlers(on_signal: Callable[[str], None]) -> dict:

@@ -25,6 +25,12 @@ COLOR_OPS = ("brightness", "contrast", "lumaflip", "hue", "saturation")
 _LUMA = (1.0 / math.sqrt(3.0),) * 3
 
 
+def _host_constant(values, device) -> Tensor:
+    """A small constant tensor on `device` without a host sync: torch.tensor(..., device=cuda) waits for the stream
+    to drain, an asynchronous copy from host memory does not."""
+    return torch.tensor(values, dtype=torch.float32).to(device, non_blocking=True)
+
+
 def _eye(n: int, batch: int, device) -> Tensor:
     return torch.eye(n, device=device).expand(batch, n, n).clone()
 
@@ -59,7 +65,8 @@ class AugmentPipe(nn.Module):
     """ADA pipeline. `forward(images [B,C,H,W], generator=None) -> same shape/dtype`, C a multiple of 3.
 
     Strengths (0 disables an op) multiply p; the magnitudes are the ADA defaults. xflip is off by default.
-    `p` is a buffer (saved in the state dict) that `AdaController` adjusts during training.
+    `p` is a buffer (saved in the state dict) that `AdaController` adjusts during training with set_p(); its value
+    is read from the device only after it changed, so a forward pass costs no host sync.
     """
 
     def __init__(self, xflip: float = 0.0, rotate90: float = 1.0, xint: float = 1.0, scale: float = 1.0,
@@ -84,6 +91,24 @@ class AugmentPipe(nn.Module):
         if p > 1:
             raise ValueError(f"training/augment.py: p must be in [0, 1], got {p}")
         self.register_buffer("p", torch.tensor(float(p)))
+        self._p_seen = self._p_key()   # (storage, device, version) of p when _p_host was taken
+        self._p_host = float(p)
+
+    def set_p(self, value: float) -> None:
+        """Set p and remember it on the host (the next forward pass needs no device read)."""
+        self.p.fill_(float(value))
+        self._p_seen, self._p_host = self._p_key(), float(value)
+
+    def _p_key(self) -> tuple:
+        return self.p.data_ptr(), self.p.device, self.p._version
+
+    def p_value(self) -> float:
+        """p as a float; read from the device only when the buffer changed since the last read (fill_,
+        load_state_dict and .to() all change the key)."""
+        key = self._p_key()
+        if key != self._p_seen:
+            self._p_seen, self._p_host = key, float(self.p)
+        return self._p_host
 
     # ------------------------------------------------------------------ random draws
     def _draws(self, batch: int, generator: Optional[torch.Generator], device) -> Callable:
@@ -91,7 +116,7 @@ class AugmentPipe(nn.Module):
 
         def rand(*shape, normal=False):
             fn = torch.randn if normal else torch.rand
-            return fn((batch,) + shape, generator=generator, device=gen_device).to(device)
+            return fn((batch,) + shape, generator=generator, device=gen_device).to(device, non_blocking=True)
         return rand
 
     def _fires(self, rand, strength: float, p: Tensor) -> Tensor:
@@ -154,8 +179,8 @@ class AugmentPipe(nn.Module):
         """Bilinear resampling of images at m @ (output pixel), reflection padding. Pixel-centred coordinates are
         converted to grid_sample's normalized ones (align_corners=False: +-1 are the outer pixel edges)."""
         b, _, h, w = images.shape
-        to_norm = torch.diag(torch.tensor([2.0 / w, 2.0 / h, 1.0], device=m.device))
-        from_norm = torch.diag(torch.tensor([w / 2.0, h / 2.0, 1.0], device=m.device))
+        to_norm = torch.diag(_host_constant([2.0 / w, 2.0 / h, 1.0], m.device).to(m.dtype))
+        from_norm = torch.diag(_host_constant([w / 2.0, h / 2.0, 1.0], m.device).to(m.dtype))
         theta = (to_norm @ m @ from_norm)[:, :2, :]
         grid_dtype = torch.promote_types(images.dtype, torch.float32)  # half images: grid still built in fp32
         grid = F.affine_grid(theta.to(grid_dtype), [b, images.shape[1], h, w], align_corners=False)
@@ -168,7 +193,7 @@ class AugmentPipe(nn.Module):
         dev = p.device
         n = p.shape[0]
         c = _eye(4, n, dev)
-        v = torch.tensor(list(_LUMA) + [0.0], device=dev)          # luma axis, homogeneous
+        v = _host_constant(list(_LUMA) + [0.0], dev)               # luma axis, homogeneous
         vvt = torch.outer(v, v)
         if self.brightness > 0:
             fire = self._fires(rand, self.brightness, p)
@@ -201,7 +226,7 @@ class AugmentPipe(nn.Module):
         """Rodrigues rotation by theta [B] about the luma axis (1, 1, 1)/sqrt(3), embedded in a 4x4 matrix."""
         n = theta.shape[0]
         kx, ky, kz = _LUMA
-        k = torch.tensor([[0.0, -kz, ky], [kz, 0.0, -kx], [-ky, kx, 0.0]], device=theta.device)
+        k = _host_constant([[0.0, -kz, ky], [kz, 0.0, -kx], [-ky, kx, 0.0]], theta.device).to(theta.dtype)
         r3 = (torch.eye(3, device=theta.device) + theta.sin()[:, None, None] * k
               + (1 - theta.cos())[:, None, None] * (k @ k))
         r = _eye(4, n, theta.device)
@@ -216,7 +241,7 @@ class AugmentPipe(nn.Module):
         b, ch, h, w = images.shape
         if self.rotate90 > 0 and h != w:
             raise ValueError(f"training/augment.py: rotate90 needs square images, got {h}x{w}")
-        if float(self.p) == 0.0:
+        if self.p_value() == 0.0:
             return images
         rand = self._draws(b, generator, images.device)
         p = self.p.to(device=images.device, dtype=torch.float32).expand(b)
@@ -231,7 +256,7 @@ class AugmentPipe(nn.Module):
 
     def extra_repr(self) -> str:
         enabled = [op for op in GEOMETRIC_OPS + COLOR_OPS if getattr(self, op) > 0]
-        return f"p={float(self.p):.4f}, ops={enabled}"
+        return f"p={self.p_value():.4f}, ops={enabled}"
 
 
 def ada_p_update(p: float, sign_mean: float, target: float, batch_size: int, interval: int,
@@ -250,6 +275,8 @@ class AdaController:
     Call `accumulate(real_logits)` wherever D scores real images (D-main; StyleGAN2-ADA also counts the D-reg
     phase) and `step(batch_size)` once per training iteration (batch size = global batch). `reduce_fn`, when given,
     sums the [2] statistics tensor (sum of signs, count) across processes. Save/restore with state_dict().
+    The statistics stay on the logits' device: accumulating never waits for the device; the one host read is in
+    the step that updates p, every `interval` iterations.
     """
 
     def __init__(self, pipe: AugmentPipe, target: float = 0.6, interval: int = 4, speed_kimg: float = 500.0):
@@ -267,8 +294,11 @@ class AdaController:
         self.last_rt: Optional[float] = None
 
     def accumulate(self, real_logits: Tensor) -> None:
-        signs = real_logits.detach().sign().flatten().to(torch.float64).cpu()
-        self.stats += torch.stack([signs.sum(), torch.tensor(float(signs.numel()), dtype=torch.float64)])
+        logits = real_logits.detach()
+        if self.stats.device != logits.device:
+            self.stats = self.stats.to(logits.device)
+        self.stats[0] += logits.sign().sum(dtype=torch.float64)
+        self.stats[1] += logits.numel()
 
     def step(self, batch_size: int, reduce_fn: Optional[Callable[[Tensor], Tensor]] = None) -> Optional[float]:
         """Advance one iteration; every `interval` iterations update p and return r_t = E[sign(D(real))]."""
@@ -279,16 +309,18 @@ class AdaController:
         if reduce_fn is not None:
             stats = reduce_fn(stats)
         self.stats.zero_()
-        if float(stats[1]) == 0:
+        total, count = stats.tolist()  # the controller's one host read per interval
+        if count == 0:
             return None
-        rt = float(stats[0] / stats[1])
-        new_p = ada_p_update(float(self.pipe.p), rt, self.target, batch_size, self.interval, self.speed_kimg)
-        self.pipe.p.fill_(new_p)
+        rt = total / count
+        self.pipe.set_p(ada_p_update(self.pipe.p_value(), rt, self.target, batch_size, self.interval,
+                                     self.speed_kimg))
         self.last_rt = rt
         return rt
 
     def state_dict(self) -> dict:
-        return {"iteration": self.iteration, "stats": self.stats.clone(), "last_rt": self.last_rt}
+        return {"iteration": self.iteration, "stats": self.stats.detach().to("cpu", copy=True),
+                "last_rt": self.last_rt}
 
     def load_state_dict(self, state: dict) -> None:
         self.iteration = int(state["iteration"])

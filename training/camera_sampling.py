@@ -74,7 +74,9 @@ def _draw(kind: str, n: int, generator: torch.Generator | None, device, dtype: t
         x = torch.randn(n, generator=generator, device=source, dtype=dtype)
     else:
         x = torch.rand(n, generator=generator, device=source, dtype=dtype) * 2 - 1
-    return x.to(device)
+    if x.device == torch.device(device):
+        return x
+    return x.to(device, non_blocking=True)  # an asynchronous copy: the host does not wait for the device
 
 
 def orbit_cam2world(yaw, pitch, radius: float = FFHQ_RADIUS, lookat=(0.0, 0.0, 0.0)) -> Tensor:
@@ -88,7 +90,7 @@ def orbit_cam2world(yaw, pitch, radius: float = FFHQ_RADIUS, lookat=(0.0, 0.0, 0
     phi = torch.arccos(1 - 2 * v / math.pi)
     origin = radius * torch.stack(
         [torch.sin(phi) * torch.cos(math.pi - yaw), torch.cos(phi), torch.sin(phi) * torch.sin(math.pi - yaw)], dim=-1)
-    target = torch.tensor(lookat, dtype=origin.dtype, device=origin.device)
+    target = origin.new_tensor(lookat)
     return look_at(origin, target)
 
 
@@ -122,6 +124,9 @@ def ffhq_pose_augmentation(labels: Tensor, prob: float, generator: torch.Generat
     m = PI/2 - PI * 5.15961/180, sits at `radius` around the world origin, looks at `lookat` and keeps the
     original row's intrinsics. PI is 3.14 with compat=True (as in the official code), else math.pi.
     Draw order: B uniforms for the mask, B normals for yaw, B uniforms for v. prob = 0 draws nothing.
+    The new poses are computed where the numbers are drawn (the generator's device, CPU by default) and copied to
+    the labels' device asynchronously: on a GPU the camera checks inside look_at then read host memory and the
+    training step never waits for the device here.
     """
     if not isinstance(labels, Tensor) or not labels.is_floating_point():
         raise ValueError(f"labels: expected a floating-point torch.Tensor [B, 25], got {type(labels).__name__}")
@@ -136,13 +141,14 @@ def ffhq_pose_augmentation(labels: Tensor, prob: float, generator: torch.Generat
         return labels.clone()
     pi = COMPAT_PI if compat else math.pi
     n, device, dtype = labels.shape[0], labels.device, labels.dtype
-    replace = (_draw("uniform", n, generator, device, dtype) + 1) / 2 < prob
-    yaw = pi / 2 + _draw("gaussian", n, generator, device, dtype) * (pi * FFHQ_AUG_YAW_STD_DEG / 180)
+    host = generator.device if generator is not None else torch.device("cpu")
+    replace = (_draw("uniform", n, generator, host, dtype) + 1) / 2 < prob
+    yaw = pi / 2 + _draw("gaussian", n, generator, host, dtype) * (pi * FFHQ_AUG_YAW_STD_DEG / 180)
     v_mean = pi / 2 - FFHQ_AUG_PITCH_OFFSET_DEG / 180 * pi
-    v = v_mean + _draw("uniform", n, generator, device, dtype) * (pi * FFHQ_AUG_PITCH_HALF_RANGE_DEG / 180)
-    cam2world = orbit_cam2world(yaw, v, radius=radius, lookat=lookat)
-    augmented = torch.cat([cam2world.flatten(-2), labels[:, 16:]], dim=-1)
-    return torch.where(replace[:, None], augmented, labels)
+    v = v_mean + _draw("uniform", n, generator, host, dtype) * (pi * FFHQ_AUG_PITCH_HALF_RANGE_DEG / 180)
+    cam2world = orbit_cam2world(yaw, v, radius=radius, lookat=lookat).flatten(-2)
+    augmented = torch.cat([cam2world.to(device, non_blocking=True), labels[:, 16:]], dim=-1)
+    return torch.where(replace.to(device, non_blocking=True)[:, None], augmented, labels)
 
 
 def frontal_label(radius: float = FFHQ_RADIUS, lookat=(0.0, 0.0, 0.0), focal: float = FFHQ_FOCAL,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ CONFIG_VERSION = 1
 CFG_NAMES = ("ffhq", "afhq", "shapenet", "shapes")
 AUGMENT_MODES = ("noaug", "ada", "fixed")
 DEVICES = ("auto", "cpu", "cuda")
+NONFINITE_MODES = ("stop", "replace")
 
 
 class ConfigError(ValueError):
@@ -57,12 +59,31 @@ def _check_value(value, hint, where: str):
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # json.loads accepts NaN and Infinity; no option means them
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _check_finite(value, where: str) -> None:
+    """ConfigError naming the first NaN / inf float in a config, its nested configs and their dicts / lists: such
+    a value is never a meaningful option, and training_options.json must stay plain JSON."""
+    if dataclasses.is_dataclass(value):
+        items = [(f".{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value)]
+    elif isinstance(value, dict):
+        items = [(f".{key}", item) for key, item in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [(f"[{index}]", item) for index, item in enumerate(value)]
+    else:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return
+    for suffix, item in items:
+        _check_finite(item, where + suffix)
 
 
 class _Config:
@@ -205,8 +226,8 @@ class TrainConfig(_Config):
             raise ConfigError(f"TrainConfig.cfg: expected one of {CFG_NAMES}, got {self.cfg!r}")
         if self.augment.mode not in AUGMENT_MODES:
             raise ConfigError(f"TrainConfig.augment.mode: expected one of {AUGMENT_MODES}, got {self.augment.mode!r}")
-        if self.nonfinite not in ("stop", "replace"):
-            raise ConfigError(f"TrainConfig.nonfinite: expected 'stop' or 'replace', got {self.nonfinite!r}")
+        if self.nonfinite not in NONFINITE_MODES:
+            raise ConfigError(f"TrainConfig.nonfinite: expected one of {NONFINITE_MODES}, got {self.nonfinite!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"TrainConfig.device: expected one of {DEVICES}, got {self.device!r}")
 
@@ -232,6 +253,7 @@ class TrainConfig(_Config):
 
     def validate(self) -> None:
         """Cross-option checks that need no data or models; raises ConfigError naming the option."""
+        _check_finite(self, "TrainConfig")
         if self.num_gpus < 1 or self.batch_gpu < 1 or self.batch_size < 1:
             raise ConfigError("--gpus, --batch and --batch-gpu must be positive")
         if self.batch_size % (self.num_gpus * self.batch_gpu) != 0:

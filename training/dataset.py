@@ -18,11 +18,33 @@ from PIL import Image
 
 LABELS_FILE = "dataset.json"
 LABEL_DIM = 25
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 
 class DatasetError(ValueError):
-    """A dataset that does not follow the EG3D format; the message names the file/field and what was expected."""
+    """A dataset that does not follow the EG3D format; the message names the file/field and what was expected.
+
+    A DataLoader worker hands its exceptions to the main process by rebuilding them from the worker's whole
+    traceback text ("Caught DatasetError in DataLoader worker process 0. Original Traceback ..."); this class
+    keeps only its original one-line message then, so an image that fails in a worker reads exactly as it does
+    in the main process. Pickling keeps the message too (multi-process ranks can pass the error on as it is).
+    """
+
+    def __init__(self, message: str = ""):
+        super().__init__(_worker_message(str(message)))
+
+
+def _worker_message(message: str) -> str:
+    """The original message of a DatasetError rebuilt by torch's DataLoader from a worker's traceback, else
+    `message` unchanged."""
+    if not (message.startswith("Caught DatasetError") and "Traceback" in message):
+        return message
+    marker = "DatasetError: "
+    position = message.rfind(marker)
+    if position < 0:
+        return message
+    return message[position + len(marker):].strip()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -64,11 +86,22 @@ class ArchiveReader:
             infos = [info for info in self._zipfile().infolist() if not info.is_dir()]
             self._zip_crcs = {info.filename: info.CRC for info in infos}
             return {info.filename: info.file_size for info in infos}
+
+        def unreadable(error: OSError):
+            raise DatasetError(f"{self.path}: cannot list {error.filename} ({error.strerror})")
+
         sizes = {}
-        for root, _dirs, files in os.walk(self.path):
+        for root, _dirs, files in os.walk(self.path, onerror=unreadable):
             for fname in files:
                 full = os.path.join(root, fname)
-                sizes[os.path.relpath(full, self.path).replace(os.sep, "/")] = os.path.getsize(full)
+                name = os.path.relpath(full, self.path).replace(os.sep, "/")
+                try:
+                    sizes[name] = os.path.getsize(full)
+                except OSError as error:
+                    if os.path.islink(full) and not os.path.exists(full):
+                        raise DatasetError(f"{self.path}: '{name}' is a dangling symbolic link (its target "
+                                           f"{os.readlink(full)} does not exist)") from None
+                    raise DatasetError(f"{self.path}: cannot read '{name}' ({error.strerror})") from None
         return sizes
 
     def crc32(self, name: str) -> int:
@@ -124,6 +157,11 @@ def check_label(values, where: str) -> np.ndarray:
     label = np.asarray(values, dtype=np.float64)
     if not np.isfinite(label).all():
         raise DatasetError(f"{where}: label has non-finite values (NaN or inf)")
+    too_large = np.abs(label) > FLOAT32_MAX  # the labels are used as float32, where these become inf
+    if too_large.any():
+        i = int(np.argmax(too_large))
+        raise DatasetError(f"{where}: label entry {i} = {label[i]:g} is out of the float32 range (|x| <= "
+                           f"{FLOAT32_MAX:.4g})")
     return label
 
 
@@ -188,6 +226,8 @@ def decode_rgb(data: bytes, where: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
+    except Image.UnidentifiedImageError:  # its message holds the address of an in-memory buffer: say it plainly
+        raise DatasetError(f"{where}: not a readable image (unknown format or damaged header)") from None
     except Exception as exc:  # PIL raises many types for undecodable data
         raise DatasetError(f"{where}: not a readable image ({exc})") from None
     if image.mode != "RGB":

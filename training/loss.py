@@ -61,7 +61,7 @@ def blur_images(images: Tensor, sigma: float) -> Tensor:
     if taps is None:
         return images
     channels, size = images.shape[1], taps.numel() // 2
-    taps = taps.to(device=images.device, dtype=images.dtype)
+    taps = taps.to(device=images.device, dtype=images.dtype, non_blocking=True)  # no wait for the device
     out = F.conv2d(images, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), padding=(0, size), groups=channels)
     return F.conv2d(out, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), padding=(size, 0), groups=channels)
 
@@ -73,7 +73,7 @@ def swap_pose_conditioning(c: Tensor, prob: float, generator: torch.Generator | 
         return c
     draw = torch.rand(c.shape[0], 1, generator=generator, device=generator.device if generator else "cpu")
     swapped = torch.roll(c, shifts=1, dims=0)
-    return torch.where(draw.to(c.device) < prob, swapped, c)
+    return torch.where(draw.to(c.device, non_blocking=True) < prob, swapped, c)
 
 
 # ----------------------------------------------------------------------------------------------- adversarial

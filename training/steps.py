@@ -77,7 +77,7 @@ class PhaseRunner:
         mix = torch.rand((), generator=gen) < self.loss_cfg.style_mixing_prob
         if not mix:
             return ws
-        z2 = torch.randn(ws.shape[0], self.G.z_dim, generator=gen).to(ws.device)
+        z2 = torch.randn(ws.shape[0], self.G.z_dim, generator=gen).to(ws.device, non_blocking=True)
         ws2 = self.G.mapping(z2, c, update_emas=False)
         return torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
 

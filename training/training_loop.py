@@ -4,6 +4,8 @@
 processes, torchrun) and the run directory live in training/launch code at the bottom of this file.
 Resume is exact: a snapshot holds the networks, optimizer and ADA states, the image/tick/iteration counters
 and every RNG (global per rank, the per-rank sampling generator, the per-rank data position).
+The last good state is the last snapshot on disk (no copy of the networks is held in memory between snapshots):
+a training fault stops the run and names that file.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ import tqdm
 
 import dnnlib
 from torch_utils import checkpoint, distributed, misc
-from torch_utils.run_control import (ignore_stop_signals, install_stop_handlers, launch_training, restore_handlers,
-                                     run_rank)
+from torch_utils.run_control import (exit_status, ignore_stop_signals, install_stop_handlers, launch_training,
+                                     restore_handlers, run_rank, shutdown_loader)
 from torch_utils.stats import StatsCollector, StatsWriter, format_tick_line
 from training import loss as L
 from training.config import TrainConfig
@@ -40,6 +42,10 @@ class TrainResult:
     message: str = ""
     rank_digests: tuple = ()  # sha256 of G, D, G_ema state per rank at the end (all equal under DDP)
 
+    @property
+    def exit_status(self) -> int:
+        """The process exit status a CLI should end with (torch_utils.run_control.exit_status)."""
+        return exit_status(self.status)
 
 
 
@@ -63,8 +69,9 @@ class Trainer:
         self.stop_signal: str | None = None
         self.cur_nimg = self.cur_tick = self.batch_idx = 0
         self.official_resume = False
-        self.last_snapshot: str | None = None
-        self.last_good: tuple[int, dict, str | None] | None = None
+        self.last_snapshot: str | None = None   # the last snapshot written by this run (rank 0)
+        self.resumed_from: str | None = None
+        self.loader = None
         self.sample_gen = torch.Generator().manual_seed(config.seed * 7919 + 104729 * (rank + 1))
         misc.set_seed(config.seed, rank, world)
 
@@ -169,7 +176,8 @@ class Trainer:
 
     def payload(self) -> dict | None:
         """Everything a snapshot holds, as CPU copies frozen in time (rank 0; None elsewhere). Every rank must
-        call it: it gathers the per-rank RNG and data positions."""
+        call it: it gathers the per-rank RNG and data positions. Built only when a snapshot is written and
+        dropped right after (a full copy of G, D, G_ema and both optimizers: about 1 GB at the paper's sizes)."""
         ranks = distributed.all_gather_objects(misc.cpu_copy(self.rank_state()))
         if self.rank != 0:
             return None
@@ -208,7 +216,7 @@ class Trainer:
         n = self.cfg.batch_gpu
         z = torch.randn(n, self.G.z_dim, generator=self.sample_gen)
         idx = torch.randint(len(self.all_labels), (n,), generator=self.sample_gen)
-        return z.to(self.device), self.all_labels[idx].to(self.device)
+        return z.to(self.device, non_blocking=True), self.all_labels[idx].to(self.device, non_blocking=True)
 
     # ------------------------------------------------------------------------------------------ iteration
     def train_step(self) -> bool:
@@ -239,9 +247,10 @@ class Trainer:
         losses = torch.stack([fn(data, self.cur_nimg, 1.0 / len(rounds)) for data in rounds])
         module.requires_grad_(False)
         flags = torch.stack([(~torch.isfinite(losses)).any().float(),
-                             torch.tensor(float(self.stop_signal is not None), device=losses.device)])
+                             losses.new_full((), float(self.stop_signal is not None))])  # no upload
         params = [p for p in module.parameters() if p.grad is not None]
         reduced, finite = distributed.average_gradients(params, extra=flags)
+        # The step's one deliberate host sync per phase: the fault and stop decisions need the values.
         loss_bad, stop, grads_ok = torch.cat([reduced.float(), finite.float().view(1)]).tolist()
         if loss_bad > 0 or not grads_ok:
             what = "loss" if loss_bad > 0 else "gradient"
@@ -286,11 +295,16 @@ class Trainer:
     def run(self) -> TrainResult:
         self.start_time = self.tick_start_time = time.time()
         self.tick_start_nimg = self.cur_nimg
+        if self.cur_nimg >= self.cfg.total_kimg * 1000:  # a resume at or past --kimg: not one more iteration
+            message = (f"nothing to train: {self.resumed_from} is at kimg {self.cur_nimg / 1e3:.3f}, "
+                       f"--kimg is {self.cfg.total_kimg:g}")
+            self.log.info(message)
+            return TrainResult(self.run_dir, "done", self.cur_nimg, self.resumed_from if self.rank == 0 else None,
+                               message)
         self.prepare_grid()
         self.log_start()
         if getattr(self, "resume_rng", None) is not None:  # after start-up work that used the global RNGs
             self.restore_rank_state(self.resume_rng)
-        self.last_good = (self.cur_nimg, self.payload(), getattr(self, "resumed_from", None))
         previous = install_stop_handlers(self._on_stop_signal)
         status = "done"
         progress = tqdm.tqdm(total=int(self.cfg.total_kimg * 1000), initial=self.cur_nimg, unit="img",
@@ -306,8 +320,10 @@ class Trainer:
                 self.end_tick(final=done or stop, run_metrics=not stop)
                 if stop:
                     status = "interrupted"
-                    self.log.info(f"stopped by {self.stop_signal or 'a signal on another rank'} at kimg "
-                                  f"{self.cur_nimg / 1e3:.3f}; snapshot: {self.last_snapshot}")
+                    self.log.warning(f"interrupted by {self.stop_signal or 'a signal on another rank'} at kimg "
+                                     f"{self.cur_nimg / 1e3:.3f} of {self.cfg.total_kimg:g}; snapshot: "
+                                     f"{self.last_snapshot}; exit status {exit_status(status)} (not finished: "
+                                     f"continue with --resume)")
                 if done or stop:
                     break
         except TrainingFault as fault:
@@ -345,21 +361,22 @@ class Trainer:
         image_every, snap_every = self.cfg.image_snapshot_ticks, self.cfg.snapshot_ticks
         if self.rank == 0 and (final or (image_every and tick % image_every == 0)):
             self.save_fakes(f"fakes{self.cur_nimg // 1000:06d}")
-        payload, path = self.payload(), None
         if final or (snap_every and tick % snap_every == 0):
-            path = self.write_snapshot(payload, self.cur_nimg)
+            path = self.write_snapshot(self.payload(), self.cur_nimg)  # the payload is freed once written
             self.last_snapshot = path if self.rank == 0 else None
             if run_metrics:
                 self.run_metrics(path)
-        self.last_good = (self.cur_nimg, payload, path)
         self.maintenance_sec = time.time() - maintenance_start
         self.tick_start_time = time.time()
 
     def _on_fault(self, fault: TrainingFault) -> TrainResult:
-        nimg, frozen, path = self.last_good
-        if self.rank == 0 and (path is None or not os.path.isfile(path)):
-            path = self.write_snapshot(frozen, nimg)
-        message = (f"{fault}: training stopped. Last good snapshot (kimg {nimg / 1e3:.3f}): {path}")
+        """The last good state is the last snapshot on disk: this run's latest, else the one it resumed from."""
+        path = self.last_snapshot or self.resumed_from
+        if path is None:
+            kept = "no snapshot was written before the fault (--snap sets how often one is)"
+        else:
+            kept = f"last good snapshot: {path}"
+        message = f"{fault}: training stopped; {kept}"
         self.log.error(message)
         return TrainResult(self.run_dir, "fault", self.cur_nimg, path if self.rank == 0 else None, message)
 
@@ -445,6 +462,11 @@ class Trainer:
                 self.log.info(f"metric {metric}: {result['results']} ({result['total_time_str']})")
 
     def close(self) -> None:
+        """Also on errors: stop the DataLoader workers first (they ignore stop signals, so a worker left to the
+        interpreter's exit would be waited for forever)."""
+        if self.loader is not None:
+            shutdown_loader(self.loader)
+            self.loader = None
         if self.writer is not None:
             self.writer.close()
         dnnlib.close_logging()
