@@ -1,91 +1,87 @@
-"""Throughput of the generator (mapping + Gaussians + render) and of the discriminator, forward and forward+backward.
+"""Generator and discriminator cost per call: G forward (no grad), G forward+backward, D forward, D forward+backward.
 
-Not a test: run `python bench/generator.py` (options: --help). Prints a table and writes
-bench/results/generator-<timestamp>.json with the device, git commit and torch version, so runs can be compared.
-Timings on a shared machine are noisy: compare ratios measured in the same run.
+    python bench/generator.py [--configs small-64,ffhq-256,ffhq-512] [--batches 1] [--modes "G fwd,G fwd+bwd"]
+                              [--rounds 3] [--repeats 2] [--threads 2] [--before DIR] [--device cpu]
+
+Every (config, batch, mode) is measured in fresh worker processes (so peak memory is a clean high-water mark):
+median wall and CPU time per call (time.process_time, summed over threads: the fairer number on a loaded machine)
+and the peak memory above the weights (ru_maxrss delta after the models are built, or the CUDA allocator's
+peak). With --before DIR (another checkout, e.g. `git worktree add /tmp/gen_before HEAD`), the same cells run with
+DIR's code, alternating current / before subprocesses `--rounds` times, and the speed-ups, the memory ratios and the
+largest deviation of the generated Gaussians and image (same weights, same z) are printed. The machine's load
+average is recorded at the start and the end. Results go to bench/results/generator-<time>.json.
 """
 from __future__ import annotations
 
-import datetime
+import argparse
+import json
 import os
 import platform
+import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
-import traceback
-
-import click
-import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-from _results import git_commit, write_results  # noqa: E402  (bench/ is the script's directory)
-
-from training.discriminator import Discriminator  # noqa: E402
 
 CONFIGS = {
     "small-64": dict(G=dict(img_resolution=64, num_points=64, res_end=32, channel_max=128),
                      D=dict(img_resolution=64, channel_max=128)),
     "ffhq-256": dict(G=dict(img_resolution=256), D=dict(img_resolution=256)),
+    "ffhq-512": dict(G=dict(img_resolution=512, res_end=256), D=dict(img_resolution=512)),
 }
 MODES = ("G fwd", "G fwd+bwd", "D fwd", "D fwd+bwd")
 FRONTAL_FOCAL = 4.2647
+GAUSSIAN_FIELDS = ("means", "log_scales", "quats", "opacity_logits", "sh")
 
 
-def frontal_labels(batch: int, device) -> torch.Tensor:
+def frontal_labels(batch: int, device):
     """EG3D label of the frontal camera: at (0, 0, 2.7) looking at the origin, OpenCV axes, focal 4.2647."""
-    try:
-        from splatting.cameras import eg3d_label, look_at
-        label = eg3d_label(look_at((0.0, 0.0, 2.7), (0.0, 0.0, 0.0)), FRONTAL_FOCAL)
-    except ImportError:
-        cam2world = torch.tensor([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 2.7], [0, 0, 0, 1]])
-        intrinsics = torch.tensor([FRONTAL_FOCAL, 0, 0.5, 0, FRONTAL_FOCAL, 0.5, 0, 0, 1])
-        label = torch.cat([cam2world.flatten(), intrinsics])
+    import torch
+
+    from splatting.cameras import eg3d_label, look_at
+
+    label = eg3d_label(look_at((0.0, 0.0, 2.7), (0.0, 0.0, 0.0)), FRONTAL_FOCAL)
     return label.reshape(1, 25).repeat(batch, 1).to(device)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+def _load() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# --------------------------------------------------------------------------------------------------
+# Worker: one (config, batch, mode) in this process, with whichever checkout is first on sys.path.
 
+def worker(config: str, batch: int, mode: str, repeats: int, device_name: str, dump: str | None) -> dict:
+    import torch
 
-def seconds_per_call(fn, device, warmup: int, min_time: float, max_iters: int) -> tuple[float, int]:
-    """Mean wall time of fn() after `warmup` calls, over at least one call and until min_time or max_iters."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    start, iters = time.perf_counter(), 0
-    while True:
-        fn()
-        _sync(device)
-        iters += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time or iters >= max_iters:
-            return elapsed / iters, iters
+    from training.discriminator import Discriminator
+    from training.generator import GSGenerator
 
-
-def make_steps(G, D, batch: int, device):
-    """The four measured callables of one (config, batch, device)."""
-    res = D.img_resolution
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    torch.manual_seed(0)
+    cfg = CONFIGS[config]
+    G = GSGenerator(**cfg["G"]).to(device).eval()
+    D = Discriminator(**cfg["D"]).to(device) if mode.startswith("D") else None
+    from splatting.backends import get_backend
+    get_backend(G.backend, device)  # builds / loads a compiled rasterizer before any measurement
     gen = torch.Generator(device=device).manual_seed(0)
-    z = torch.randn(batch, 512, generator=gen, device=device)
+    z = torch.randn(batch, G.z_dim, generator=gen, device=device)
     c = frontal_labels(batch, device)
-    img = torch.randn(batch, 3, res, res, generator=gen, device=device)
+    img = torch.randn(batch, 3, D.img_resolution, D.img_resolution, generator=gen, device=device) if D else None
 
     def g_fwd():
         with torch.no_grad():
-            G(z, c)
+            return G(z, c)
 
     def g_fwd_bwd():
         G.zero_grad(set_to_none=True)
-        G(z, c)["image"].square().mean().backward()
+        out = G(z, c)
+        (out["image"].square().mean() + out["gaussians"].means.square().mean()).backward()
 
     def d_fwd():
         with torch.no_grad():
@@ -96,99 +92,176 @@ def make_steps(G, D, batch: int, device):
         logits, feat_pose, cam_emb = D(img, c)
         (logits.sum() + (feat_pose * cam_emb).sum()).backward()
 
-    return {"G fwd": g_fwd, "G fwd+bwd": g_fwd_bwd, "D fwd": d_fwd, "D fwd+bwd": d_fwd_bwd}
-
-
-def count_gaussians(G, device) -> int:
-    with torch.no_grad():
-        out = G(torch.zeros(1, 512, device=device), frontal_labels(1, device))
-    return int(out["gaussians"].means.shape[1])
-
-
-def run_config(name: str, device: torch.device, batches, modes, warmup, min_time, max_iters) -> list[dict]:
-    from training.generator import GSGenerator
-
-    torch.manual_seed(0)
-    cfg = CONFIGS[name]
-    G = GSGenerator(**cfg["G"]).to(device)
-    D = Discriminator(**cfg["D"]).to(device)
-    info = dict(config=name, device=str(device), G_kwargs=cfg["G"], D_kwargs=cfg["D"],
-                G_params=sum(p.numel() for p in G.parameters()), D_params=sum(p.numel() for p in D.parameters()),
-                num_gaussians=count_gaussians(G, device))
-    rows = []
-    for batch in batches:
-        steps = make_steps(G, D, batch, device)
-        for mode in modes:
-            row = dict(info, batch=batch, mode=mode)
-            try:
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                sec, iters = seconds_per_call(steps[mode], device, warmup, min_time, max_iters)
-                row.update(seconds_per_batch=sec, images_per_second=batch / sec, iters=iters)
-                if device.type == "cuda":
-                    row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-            except (RuntimeError, ValueError) as exc:  # e.g. out of memory: record it and go on
-                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-                traceback.print_exc()
-            rows.append(row)
-            print(format_row(row), flush=True)
-    return rows
-
-
-def format_row(row: dict) -> str:
-    if "error" in row:
-        result = f"ERROR {row['error'][:60]}"
+    fn = {"G fwd": g_fwd, "G fwd+bwd": g_fwd_bwd, "D fwd": d_fwd, "D fwd+bwd": d_fwd_bwd}[mode]
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base_cuda = torch.cuda.memory_allocated(device)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    walls, cpus = [], []
+    for i in range(repeats + 1):  # the first call warms up (allocator, caches) and is not timed
+        sync()
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        sync()
+        if i > 0:
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+        if i == 0 and dump is not None and mode == "G fwd":
+            g = out["gaussians"]
+            torch.save({**{k: getattr(g, k)[:1].cpu() for k in GAUSSIAN_FIELDS}, "image": out["image"][:1].cpu()},
+                       dump)
+        del out
+    weights = sum(p.numel() * p.element_size() for m in (G, D) if m is not None for p in m.parameters())
+    row = dict(config=config, batch=batch, mode=mode, device=str(device), threads=torch.get_num_threads(),
+               wall_ms=[1e3 * t for t in walls], cpu_ms=[1e3 * t for t in cpus], weights_mb=weights / 2 ** 20,
+               num_gaussians=G.gaussian_counts()["total"], package=os.path.dirname(sys.modules["training"].__file__))
+    if cuda:
+        row["peak_mb"] = (torch.cuda.max_memory_allocated(device) - base_cuda) / 2 ** 20
+        row["peak_kind"] = "torch.cuda.max_memory_allocated above the models"
     else:
-        result = f"{row['images_per_second']:10.2f} img/s  {row['seconds_per_batch'] * 1e3:10.1f} ms/batch"
-    return f"{row['config']:<9} {row['device']:<6} B={row['batch']:<2} {row['mode']:<10} {result}"
+        row["peak_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
+        row["peak_kind"] = "ru_maxrss delta after the models are built"
+    return row
 
 
-@click.command()
-@click.option("--configs", default="small-64,ffhq-256", show_default=True, help="Comma list of " + ",".join(CONFIGS))
-@click.option("--batches", default="1,4", show_default=True, help="Comma list of batch sizes.")
-@click.option("--devices", default="auto", show_default=True, help="auto (cpu + cuda if present), or a comma list.")
-@click.option("--modes", default=",".join(MODES), show_default=True, help="Comma list of " + ",".join(MODES))
-@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
-@click.option("--min-time", type=click.FloatRange(min=0), default=2.0, show_default=True, help="Seconds per cell.")
-@click.option("--max-iters", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--out", "out_dir", default=os.path.join(REPO_ROOT, "bench", "results"), show_default=True)
-def main(configs, batches, devices, modes, warmup, min_time, max_iters, out_dir):
-    """Measure images/second of G and D; example: python bench/generator.py --configs small-64 --devices cpu"""
-    config_list = [s.strip() for s in configs.split(",") if s.strip()]
-    mode_list = [s.strip() for s in modes.split(",") if s.strip()]
-    for name in config_list:
+def _run_worker(cell: tuple, args, code: str | None, dump: str | None) -> dict:
+    config, batch, mode = cell
+    command = [sys.executable, os.path.abspath(__file__), "--worker", config, str(batch), mode,
+               "--repeats", str(args.repeats), "--device", args.device]
+    if code is not None:
+        command += ["--code", code]
+    if dump is not None:
+        command += ["--dump", dump]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env)
+    label = "current" if code is None else "before"
+    if proc.returncode != 0:
+        return dict(config=config, batch=batch, mode=mode, code=label,
+                    error=(proc.stderr.strip().splitlines() or ["failed"])[-1])
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]), code=label)
+
+
+def _merge(rows: list[dict]) -> dict:
+    """The rounds of one (cell, code) -> medians over every timed call, median peak memory."""
+    ok = [r for r in rows if "error" not in r]
+    if not ok:
+        return rows[0]
+    merged = {k: v for k, v in ok[0].items() if k not in ("wall_ms", "cpu_ms", "peak_mb")}
+    merged["wall_ms"] = statistics.median(t for r in ok for t in r["wall_ms"])
+    merged["cpu_ms"] = statistics.median(t for r in ok for t in r["cpu_ms"])
+    merged["peak_mb"] = statistics.median(r["peak_mb"] for r in ok)
+    merged["calls"] = sum(len(r["wall_ms"]) for r in ok)
+    return merged
+
+
+def _deviation(current: str, before: str) -> dict:
+    """Largest |current - before| per Gaussian field and image, with the field's largest magnitude."""
+    import torch
+
+    a, b = torch.load(current), torch.load(before)
+    return {k: dict(max_abs=float((a[k] - b[k]).abs().max()), max_magnitude=float(b[k].abs().max()))
+            for k in b}
+
+
+def _table(rows: list[dict]) -> str:
+    head = f"{'config':<9} {'B':>2} {'mode':<10} {'code':<8} | {'wall ms':>9} {'cpu ms':>9} {'peak MB':>8} " \
+           f"{'weights MB':>10}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['config']:<9} {r['batch']:>2} {r['mode']:<10} {r['code']:<8} | error: {r['error'][:70]}")
+            continue
+        lines.append(f"{r['config']:<9} {r['batch']:>2} {r['mode']:<10} {r['code']:<8} | {r['wall_ms']:9.1f} "
+                     f"{r['cpu_ms']:9.1f} {r['peak_mb']:8.0f} {r['weights_mb']:10.0f}")
+    lines.append("(medians per call; cpu ms = process CPU time summed over threads; peak MB = high-water mark above "
+                 "the weights)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="small-64,ffhq-256", help="comma list of " + ", ".join(CONFIGS))
+    parser.add_argument("--batches", default="1", help="comma list of batch sizes")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma list of " + ", ".join(MODES))
+    parser.add_argument("--rounds", type=int, default=3, help="worker processes per cell and code (alternating)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per worker (after one warm-up call)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of every worker")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--before", default=None, metavar="DIR", help="another gsgan checkout, measured alongside")
+    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench", "results"), help="results directory")
+    parser.add_argument("--worker", nargs=3, metavar=("CONFIG", "BATCH", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--code", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dump", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, os.path.abspath(args.code) if args.code is not None else REPO_ROOT)
+    if args.worker:
+        config, batch, mode = args.worker
+        print(json.dumps(worker(config, int(batch), mode, args.repeats, args.device, args.dump)))
+        return
+    configs = [s.strip() for s in args.configs.split(",") if s.strip()]
+    modes = [s.strip() for s in args.modes.split(",") if s.strip()]
+    for name in configs:
         if name not in CONFIGS:
-            raise click.BadParameter(f"unknown config {name!r}; expected one of {sorted(CONFIGS)}",
-                                     param_hint="--configs")
-    for mode in mode_list:
+            parser.error(f"--configs: unknown config {name!r}; valid: {', '.join(CONFIGS)}")
+    for mode in modes:
         if mode not in MODES:
-            raise click.BadParameter(f"unknown mode {mode!r}; expected one of {list(MODES)}", param_hint="--modes")
+            parser.error(f"--modes: unknown mode {mode!r}; valid: {', '.join(MODES)}")
     try:
-        batch_list = [int(s) for s in batches.split(",")]
+        batches = [int(s) for s in args.batches.split(",")]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {batches!r}", param_hint="--batches")
-    if devices == "auto":
-        device_list = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    else:
-        device_list = [s.strip() for s in devices.split(",")]
-        if "cuda" in device_list and not torch.cuda.is_available():
-            raise click.BadParameter("cuda requested but torch.cuda.is_available() is False", param_hint="--devices")
-    if any(d.startswith("cuda") for d in device_list):
-        torch.backends.cudnn.benchmark = True
+        parser.error(f"--batches: expected comma-separated integers, got {args.batches!r}")
+    if any(b < 1 for b in batches) or min(args.rounds, args.repeats, args.threads) < 1:
+        parser.error("--batches, --rounds, --repeats and --threads must be >= 1")
+    if args.device not in ("cpu", "cuda"):
+        parser.error(f"--device: expected cpu or cuda, got {args.device!r}")
+    if args.before is not None and not os.path.isfile(os.path.join(args.before, "training", "generator.py")):
+        parser.error(f"--before: {args.before!r} is not a gsgan checkout (no training/generator.py in it)")
 
-    rows, devices_info = [], {}
-    for dev in device_list:
-        device = torch.device(dev)
-        devices_info[str(device)] = device_name(device)
-        for name in config_list:
-            rows += run_config(name, device, batch_list, mode_list, warmup, min_time, max_iters)
+    sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
+    from _results import git_commit, write_results
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    payload = dict(benchmark="generator", timestamp=stamp, git_commit=git_commit(), torch_version=torch.__version__,
-                   python=platform.python_version(), devices=devices_info, cpu_threads=torch.get_num_threads(),
-                   warmup=warmup, min_time=min_time, max_iters=max_iters, results=rows)
-    path = write_results("generator", payload, out_dir)
-    print(f"wrote {path}")
+    codes = [None] if args.before is None else [None, os.path.abspath(args.before)]
+    load_start, rows, deviations = _load(), [], {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for cell in [(c, b, m) for c in configs for b in batches for m in modes]:
+            per_code = {code: [] for code in codes}
+            for round_index in range(args.rounds):
+                for code in codes:
+                    label = "current" if code is None else "before"
+                    dump = os.path.join(scratch, f"{label}.pt") if round_index == 0 and cell[2] == "G fwd" else None
+                    print(f"{cell} {label} round {round_index + 1}/{args.rounds}...", file=sys.stderr, flush=True)
+                    per_code[code].append(_run_worker(cell, args, code, dump))
+            merged = [_merge(per_code[code]) for code in codes]
+            rows += merged
+            if len(merged) == 2 and cell[2] == "G fwd" and all("error" not in r for r in merged):
+                deviations["/".join(map(str, cell))] = _deviation(os.path.join(scratch, "current.pt"),
+                                                                  os.path.join(scratch, "before.pt"))
+    load_end = _load()
+    speedups = []
+    for now in rows:
+        before = next((r for r in rows if r["code"] == "before" and
+                       (r["config"], r["batch"], r["mode"]) == (now["config"], now["batch"], now["mode"])), None)
+        if now["code"] == "current" and before is not None and "error" not in now and "error" not in before:
+            speedups.append(dict(config=now["config"], batch=now["batch"], mode=now["mode"],
+                                 wall_speedup=before["wall_ms"] / now["wall_ms"],
+                                 cpu_speedup=before["cpu_ms"] / now["cpu_ms"],
+                                 peak_ratio=now["peak_mb"] / max(before["peak_mb"], 1e-9)))
+    print(_table(rows))
+    for s in speedups:
+        print(f"{s['config']} B={s['batch']} {s['mode']}: before/current wall {s['wall_speedup']:.2f}x, "
+              f"cpu {s['cpu_speedup']:.2f}x; peak memory current/before {s['peak_ratio']:.2f}")
+    for cell, dev in deviations.items():
+        print(f"{cell} current vs before: " + ", ".join(f"{k} {v['max_abs']:.2e} (of {v['max_magnitude']:.2e})"
+                                                        for k, v in dev.items()))
+    print(f"load average at start {load_start}, at end {load_end}")
+    import torch
+
+    payload = dict(benchmark="generator", git_commit=git_commit(), torch_version=torch.__version__,
+                   python=platform.python_version(), cpu=platform.processor() or platform.machine(),
+                   cpu_count=os.cpu_count(), threads=args.threads, rounds=args.rounds, repeats=args.repeats,
+                   before=args.before, load_average_start=load_start, load_average_end=load_end,
+                   results=rows, speedups=speedups, deviations=deviations)
+    print(f"wrote {write_results('generator', payload, args.out)}")
 
 
 if __name__ == "__main__":

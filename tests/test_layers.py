@@ -215,3 +215,31 @@ def test_fused_gaussian_heads_match_separate_layers():
     assert fresh.scale.weight.std().item() == pytest.approx(0.1, rel=0.3)
     assert fresh.xyz.weight.std().item() == pytest.approx(1.0, rel=0.3)
     assert (fresh.opacity.bias == 0).all()
+
+
+def test_folded_gains_match_the_layers_applied_one_by_one():
+    """The fused forwards (gains folded into the next weight, broadcast skips) against the modules' own forwards."""
+    torch.manual_seed(7)
+    x, w = torch.randn(2, 8, 6, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    plain = PlainMLP(6).double()
+    ada = AdaMLP(6, 5).double()
+    _perturb_(plain)
+    _perturb_(ada)
+    torch.testing.assert_close(plain(x), x + plain.mlp.fc2(plain.mlp.fc1(x)) * plain.scale)
+    torch.testing.assert_close(ada(x, w), x + ada.mlp.fc2(ada.mlp.fc1(ada.norm(x, w))) * ada.scale(w))
+
+
+def test_plain_level_layers_gradcheck():
+    """LocalEdgeBlock (broadcast sibling groups), SubpixelUpsample and PlainMLP: gradients of input and weights."""
+    torch.manual_seed(8)
+    edge, up, mlp = LocalEdgeBlock(4, group_size=2).double(), SubpixelUpsample(4, 6, ratio=2).double(), \
+        PlainMLP(6).double()
+    for m in (edge, up, mlp):
+        _perturb_(m)
+    x = torch.randn(1, 4, 4, dtype=torch.float64, requires_grad=True)
+    params = [edge.edge.weight1.weight, edge.scale, up.up.weight, up.skip.bias, mlp.mlp.fc2.weight, mlp.scale]
+
+    def fn(x, *p):
+        return mlp(up(edge(x)))
+
+    assert torch.autograd.gradcheck(fn, (x, *params))

@@ -56,6 +56,22 @@ def _configured_gaussians(num_points, res_end, up_ratio, bg_num_points, bg_up_ra
 
 
 @dataclass(frozen=True)
+class GeneratedScene:
+    """B generated scenes whose colours lack their view term, so that they can be rendered from any number of
+    cameras (GSGenerator.render_scene) without running the generator again.
+
+    view_levels: (count, level) runs in Gaussian order: a run of foreground level `level` >= 0 gets that level's
+    view colour offset for the camera it is seen from; -1 marks runs without one (anchors, background).
+    fixed_view: gs_params.camera_cond, the colour direction is (0, 0, -1) whatever the camera.
+    """
+
+    gaussians: Gaussians
+    anchors: list[Gaussians]
+    view_levels: tuple[tuple[int, int], ...]
+    fixed_view: bool = False
+
+
+@dataclass(frozen=True)
 class GSParams:
     """Visualization controls for GSGenerator.synthesis (the official gs_params).
 
@@ -171,34 +187,71 @@ class GSGenerator(nn.Module):
         """ws [B, num_ws, w_dim], c [B, 25] rendering camera -> dict(image, image_depth, image_alpha, gaussians,
         anchors). background=False (or gs_params.disable_background) leaves the background generator unused.
         backend: rasterizer for this call (None = self.backend)."""
-        from splatting import Cameras, render  # the rasterizer is only needed here
-
-        if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
-            raise ValueError(f"GSGenerator.synthesis: ws must be [B, {self.num_ws}, {self.w_dim}], "
-                             f"got {list(ws.shape)}")
+        self._check_ws(ws)
         if c.ndim != 2 or c.shape != (ws.shape[0], 25):
             raise ValueError(f"GSGenerator.synthesis: c must be [B, 25] EG3D labels with B = {ws.shape[0]}, "
                              f"got {list(c.shape)}")
+        scene = self.generate_scene(ws, gs_params, background)
+        out = self.render_scene(scene, c, neural_rendering_resolution, backend)
+        return dict(out, anchors=scene.anchors)
+
+    def generate_scene(self, ws: Tensor, gs_params: GSParams | None = None, background: bool = True) -> GeneratedScene:
+        """ws [B, num_ws, w_dim] -> the Gaussians of B scenes without their colours' view term (GeneratedScene)."""
+        self._check_ws(ws)
         gp = gs_params or GSParams()
-        res = neural_rendering_resolution or self.neural_rendering_resolution
-        cameras = Cameras.from_eg3d_labels(c.to(ws.dtype), res, res, near=self.near_plane, compat=self.compat)
-        view_dir = cameras.forward[:, 0]
-        if gp.camera_cond:
-            view_dir = view_dir.new_tensor([0.0, 0.0, -1.0]).expand_as(view_dir)
-        levels, anchors = self.points(ws[:, :self.points.num_ws], view_dir)
-        parts = [self._select_foreground(levels, anchors, gp)]
+        levels, anchors = self.points(ws[:, :self.points.num_ws], None)
+        foreground, view_levels = self._select_foreground(levels, anchors, gp)
+        parts = [foreground]
         if background and not gp.disable_background and self.background is not None:
             parts.append(self.background(ws[:, -1]))
-        gaussians = Gaussians.cat(parts)
-        out = render(gaussians, cameras, background=None,
+            view_levels += ((parts[-1].num_gaussians, -1),)
+        return GeneratedScene(Gaussians.cat(parts), anchors, view_levels, gp.camera_cond)
+
+    def render_scene(self, scene: GeneratedScene, c: Tensor, neural_rendering_resolution: int | None = None,
+                     backend: str | None = None) -> dict:
+        """Render B generated scenes from c [B, 25] (one camera each) or [B, V, 25] (V cameras each, all B * V
+        images in one rasterizer call) -> dict(image [B, (V,) 3, H, W], image_depth, image_alpha [B, (V,) 1, H, W],
+        gaussians: what was rendered, with the view colour of each camera; B * V scenes in (b, v) order)."""
+        from splatting import Cameras, render  # the rasterizer is only needed here
+
+        g = scene.gaussians
+        b = g.batch_size
+        if c.ndim not in (2, 3) or c.shape[0] != b or c.shape[-1] != 25:
+            raise ValueError(f"GSGenerator.render_scene: c must be [B, 25] or [B, V, 25] EG3D labels with B = {b}, "
+                             f"got {list(c.shape)}")
+        labels = c if c.ndim == 3 else c[:, None]
+        v = labels.shape[1]
+        res = neural_rendering_resolution or self.neural_rendering_resolution
+        cameras = Cameras.from_eg3d_labels(labels.to(g.means.dtype), res, res, near=self.near_plane,
+                                           compat=self.compat)
+        view_dir = cameras.forward.reshape(b * v, 3)
+        if scene.fixed_view:
+            view_dir = view_dir.new_tensor([0.0, 0.0, -1.0]).expand_as(view_dir)
+        offsets = self.points.view_color_offsets(view_dir).view(b, v, 1, -1, 3)  # [B, V, 1, levels, 3]
+        sh, start = [], 0
+        for count, level in scene.view_levels:  # one [B, V, count, 1, 3] piece per run of one level
+            part = g.sh[:, start:start + count].unsqueeze(1)
+            sh.append(part + offsets[:, :, :, level, None] if level >= 0 else part.expand(b, v, *part.shape[2:]))
+            start += count
+        sh = torch.cat(sh, dim=2).reshape(b * v, *g.sh.shape[1:])
+        if v == 1:
+            seen = dataclasses.replace(g, sh=sh)
+        else:
+            seen = Gaussians(sh=sh, **{name: getattr(g, name).repeat_interleave(v, dim=0)
+                                       for name in ("means", "log_scales", "quats", "opacity_logits")})
+        cameras = Cameras(cameras.world_to_cam.reshape(b * v, 1, 4, 4), cameras.K.reshape(b * v, 1, 3, 3),
+                          width=res, height=res, near=cameras.near)
+        out = render(seen, cameras, background=None,
                      backend=self.backend if backend is None else check_backend_name(backend))
         color, depth, alpha = out.color[:, 0], out.depth[:, 0], out.alpha[:, 0]
         if self.compat:  # official depth: sum of w * z (not alpha-normalized), empty pixels set to the image's max
             depth = depth * alpha
             max_depth = depth.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
             depth = torch.where(depth == 0, max_depth, depth)
-        return {"image": color * 2 - 1, "image_depth": depth, "image_alpha": alpha, "gaussians": gaussians,
-                "anchors": anchors}
+        shape = (b, v) if c.ndim == 3 else (b,)
+        return {"image": (color * 2 - 1).reshape(*shape, *color.shape[1:]),
+                "image_depth": depth.reshape(*shape, *depth.shape[1:]),
+                "image_alpha": alpha.reshape(*shape, *alpha.shape[1:]), "gaussians": seen}
 
     def forward(self, z: Tensor, c: Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                 update_emas: bool = False, **synthesis_kwargs) -> dict:
@@ -207,7 +260,14 @@ class GSGenerator(nn.Module):
         return self.synthesis(ws, c, **synthesis_kwargs)
 
     # ----------------------------------------------------------------------------------------------
-    def _select_foreground(self, levels: list[Gaussians], anchors: list[Gaussians], gp: GSParams) -> Gaussians:
+    def _check_ws(self, ws: Tensor) -> None:
+        if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
+            raise ValueError(f"GSGenerator.synthesis: ws must be [B, {self.num_ws}, {self.w_dim}], "
+                             f"got {list(ws.shape)}")
+
+    def _select_foreground(self, levels: list[Gaussians], anchors: list[Gaussians],
+                           gp: GSParams) -> tuple[Gaussians, tuple[tuple[int, int], ...]]:
+        """-> (the foreground to render, its (count, view level) runs: see GeneratedScene.view_levels)."""
         source = anchors if gp.visualize_anchor else levels
         name = "anchor levels" if gp.visualize_anchor else "levels"
         keep = gp.res_visualize if gp.res_visualize is not None else tuple(range(len(source)))
@@ -222,13 +282,14 @@ class GSGenerator(nn.Module):
                 idx = (point_index.view(-1, 1) * r + torch.arange(r, device=g.device)).flatten()
                 g = g.select(idx)
             parts.append(g)
+        view_levels = tuple((g.num_gaussians, -1 if gp.visualize_anchor else level) for g, level in zip(parts, keep))
         fg = Gaussians.cat(parts)
         if gp.opacity_ones or gp.visualize_anchor:
             value = OPACITY_ONES_LOGIT_COMPAT if self.compat else OPACITY_ONES_LOGIT_CLEAN
             fg = dataclasses.replace(fg, opacity_logits=torch.full_like(fg.opacity_logits, value))
         if gp.rendering_scale != 0:
             fg = dataclasses.replace(fg, log_scales=fg.log_scales + gp.rendering_scale)
-        return fg
+        return fg, view_levels
 
     def _resolve_point_index(self, gp: GSParams) -> Tensor | None:
         if gp.point_index is None:

@@ -59,6 +59,12 @@ class EqLinear(nn.Module):
         b = self.bias.to(x.dtype) * self.lr_multiplier if self.bias is not None else None
         return apply_activation(F.linear(x, w, b), self.activation)
 
+    def linear_params(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """The effective (gain-applied) weight [out, in] and bias [out]: lets callers fold a following gain or
+        scale into the weights instead of spending an extra pass over a wide activation tensor."""
+        w = self.weight.to(dtype) * self.weight_gain
+        return w, (self.bias.to(dtype) * self.lr_multiplier if self.bias is not None else None)
+
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, act={self.activation}, "
                 f"lr_mult={self.lr_multiplier}")
@@ -135,7 +141,10 @@ class AdaNorm(nn.Module):
 
 
 class GeluMLP(nn.Module):
-    """width -> hidden_ratio*width (GELU * sqrt 2) -> width, equalized."""
+    """width -> hidden_ratio*width (GELU * sqrt 2) -> width, equalized.
+
+    The GELU gain is folded into fc2's weight: the wide hidden tensor is touched once by GELU and once by fc2
+    (and, under autograd, only GELU's output is kept for fc2's weight gradient)."""
 
     def __init__(self, width: int, hidden_ratio: int = 4):
         super().__init__()
@@ -143,7 +152,9 @@ class GeluMLP(nn.Module):
         self.fc2 = EqLinear(hidden_ratio * width, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.fc1(x))
+        w1, b1 = self.fc1.linear_params(x.dtype)
+        w2, b2 = self.fc2.linear_params(x.dtype)
+        return F.linear(F.gelu(F.linear(x, w1, b1)), w2 * _GAINS["gelu"], b2)
 
 
 class AdaLayerScale(EqLinear):
@@ -166,7 +177,7 @@ class AdaMLP(nn.Module):
         self.scale = AdaLayerScale(w_dim, width)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        return x + self.mlp(self.norm(x, w)) * self.scale(w).to(x.dtype)
+        return torch.addcmul(x, self.mlp(self.norm(x, w)), self.scale(w).to(x.dtype))
 
 
 class PlainMLP(nn.Module):
@@ -178,7 +189,7 @@ class PlainMLP(nn.Module):
         self.scale = nn.Parameter(torch.zeros(width))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.mlp(x) * self.scale.to(x.dtype)
+        return torch.addcmul(x, self.mlp(x), self.scale.to(x.dtype))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,8 +234,8 @@ class TransformerLayer(nn.Module):
         self.scale2 = AdaLayerScale(w_dim, width)
 
     def forward(self, x: Tensor, w_attn: Tensor, w_mlp: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x, w_attn)) * self.scale1(w_attn).to(x.dtype)
-        return x + self.mlp(self.norm2(x, w_mlp)) * self.scale2(w_mlp).to(x.dtype)
+        x = torch.addcmul(x, self.attn(self.norm1(x, w_attn)), self.scale1(w_attn).to(x.dtype))
+        return torch.addcmul(x, self.mlp(self.norm2(x, w_mlp)), self.scale2(w_mlp).to(x.dtype))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,7 +248,9 @@ class EdgeConv(nn.Module):
     Value branch (on the 2C edge feature): 2C -> C (lrelu) -> C.
     The first 1x1 layer of each branch is linear in the edge feature, so it is evaluated once per point and
     gathered (W [h_i, h_j - h_i] = (W_a - W_b) h_i + W_b h_j): same math as per-edge 1x1 convolutions on
-    [B, 2C, L, k], with k times fewer multiplications and no 2C-channel edge tensor.
+    [B, 2C, L, k], with k times fewer multiplications and no 2C-channel edge tensor. The lrelu gains are folded
+    into the second layers' weights and the first bias into the per-point term, so every per-edge tensor is
+    touched by as few passes as possible.
     """
 
     def __init__(self, channels: int):
@@ -250,18 +263,25 @@ class EdgeConv(nn.Module):
         self.value1 = EqConv1x1(2 * channels, channels, activation="lrelu")
         self.value2 = EqConv1x1(channels, channels)
 
-    def forward(self, h: Tensor, gather) -> Tensor:
-        """h [B, L, C]; gather maps a per-point tensor [B, L, D] to its neighbours [B, L, k, D] -> [B, L, C]."""
+    def forward(self, h: Tensor, gather, center=None) -> Tensor:
+        """h [B, L, C] -> [B, L, C]. gather maps a per-point tensor [B, L, D] to its neighbours [..., k, D];
+        center maps it to a view [..., 1, D] of the same points that broadcasts against the neighbours
+        (default: t.unsqueeze(2), for gather results shaped [B, L, k, D])."""
+        center = center or (lambda t: t.unsqueeze(2))
         c = self.channels
+        gain = _GAINS["lrelu"]
         w1, b1 = self.weight1.linear_params(h.dtype)
+        w2, b2 = self.weight2.linear_params(h.dtype)
         a = F.linear(h, w1)
-        weight = self.weight2.apply_linear(apply_activation(gather(a) - a.unsqueeze(2) + b1, "lrelu"))
-        weight = torch.softmax(at_least_fp32(weight), dim=2)  # over the k neighbours, per channel
+        logits = F.linear(F.leaky_relu(gather(a) - center(a - b1), 0.2), w2 * gain, b2)
+        weight = torch.softmax(at_least_fp32(logits), dim=-2)  # over the k neighbours, per channel
         v1, vb1 = self.value1.linear_params(h.dtype)
-        center = F.linear(h, v1[:, :c] - v1[:, c:], vb1)
-        value = apply_activation(center.unsqueeze(2) + gather(F.linear(h, v1[:, c:])), "lrelu")
-        value = self.value2.apply_linear(value)
-        return (at_least_fp32(value) * weight).sum(dim=2).to(h.dtype)
+        v2, vb2 = self.value2.linear_params(h.dtype)
+        mid = F.linear(h, v1[:, :c] - v1[:, c:], vb1)
+        value = F.linear(F.leaky_relu(gather(F.linear(h, v1[:, c:])) + center(mid), 0.2), v2 * gain, vb2)
+        value = at_least_fp32(value)
+        weighted = value.mul_(weight) if not torch.is_grad_enabled() else value * weight
+        return weighted.sum(dim=-2).reshape(h.shape).to(h.dtype)
 
 
 def knn_indices(h: Tensor, k: int) -> Tensor:
@@ -269,24 +289,31 @@ def knn_indices(h: Tensor, k: int) -> Tensor:
     with torch.no_grad():
         hf = at_least_fp32(h.detach())
         sq = hf.square().sum(-1)
-        dist = sq.unsqueeze(2) + sq.unsqueeze(1) - 2.0 * (hf @ hf.transpose(1, 2))
+        # |h_i|^2 + |h_j|^2 - 2 h_i.h_j in one fused matmul-add (same ranking: row constants do not reorder a row).
+        dist = torch.baddbmm(sq.unsqueeze(1), hf, hf.transpose(1, 2), alpha=-2.0).add_(sq.unsqueeze(2))
         k_eff = min(k + 1, h.shape[1])
         idx = dist.topk(k_eff, dim=-1, largest=False, sorted=True).indices
     return idx[..., 1:]
 
 
 def gather_points(h: Tensor, idx: Tensor) -> Tensor:
-    """h [B, L, C], idx [B, L, k] -> [B, L, k, C]."""
+    """h [B, L, C], idx [B, L, k] -> [B, L, k, C] (one row gather over the flattened batch)."""
     b, l, c = h.shape
-    flat = idx.reshape(b, -1, 1).expand(-1, -1, c)
-    return torch.gather(h, 1, flat).view(b, idx.shape[1], idx.shape[2], c)
+    offsets = torch.arange(b, device=idx.device).view(b, 1, 1) * l
+    return h.reshape(b * l, c).index_select(0, (idx + offsets).flatten()).view(b, idx.shape[1], idx.shape[2], c)
 
 
 def sibling_groups(h: Tensor, group_size: int) -> Tensor:
-    """h [B, L, D] -> [B, L, g, D]: for each point, the g points of its group (itself included), in order."""
+    """h [B, L, D] -> [B, L/g, 1, g, D]: a broadcast view of each point's g-point group (itself included, in
+    order); pair it with sibling_centers, no [B, L, g, D] copy is made."""
     b, l, d = h.shape
-    g = group_size
-    return h.view(b, l // g, 1, g, d).expand(b, l // g, g, g, d).reshape(b, l, g, d)
+    return h.view(b, l // group_size, 1, group_size, d)
+
+
+def sibling_centers(h: Tensor, group_size: int) -> Tensor:
+    """h [B, L, D] -> [B, L/g, g, 1, D]: the points themselves, laid out against sibling_groups."""
+    b, l, d = h.shape
+    return h.view(b, l // group_size, group_size, 1, d)
 
 
 class AdaEdgeBlock(nn.Module):
@@ -302,11 +329,13 @@ class AdaEdgeBlock(nn.Module):
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         h = self.norm(x, w)
         idx = knn_indices(h, self.k)
-        return x + self.edge(h, lambda t: gather_points(t, idx)) * self.scale(w).to(x.dtype)
+        return torch.addcmul(x, self.edge(h, lambda t: gather_points(t, idx)), self.scale(w).to(x.dtype))
 
 
 class LocalEdgeBlock(nn.Module):
-    """x + EdgeConv over the sibling group (group_size consecutive points, self included) * s; no norm, no style."""
+    """x + EdgeConv over the sibling group (group_size consecutive points, self included) * s; no norm, no style.
+
+    Every output row depends only on its own group, so the block can run on any group-aligned slice of rows."""
 
     def __init__(self, channels: int, group_size: int = 4):
         super().__init__()
@@ -319,13 +348,16 @@ class LocalEdgeBlock(nn.Module):
         g = self.group_size
         if l % g != 0:
             raise ValueError(f"training/layers.py: LocalEdgeBlock got {l} points, not a multiple of group_size {g}")
-        return x + self.edge(x, lambda t: sibling_groups(t, g)) * self.scale.to(x.dtype)
+        edge = self.edge(x, lambda t: sibling_groups(t, g), lambda t: sibling_centers(t, g))
+        return torch.addcmul(x, edge, self.scale.to(x.dtype))
 
 
 class SubpixelUpsample(nn.Module):
     """[B, L, C_in] -> [B, ratio*L, C_out]; child j of parent l is row ratio*l + j and takes channel slice j.
 
     Output = (EqLinear_lrelu(x) reshaped + skip(x) repeat-interleaved) / sqrt 2; skip is identity when C_in == C_out.
+    Evaluated as lrelu(W x + b) + skip(x) / sqrt 2 (the lrelu gain is sqrt 2), the skip broadcast over the
+    children instead of repeated.
     """
 
     def __init__(self, in_channels: int, out_channels: int, ratio: int = 4):
@@ -337,9 +369,15 @@ class SubpixelUpsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, l, _ = x.shape
-        u = self.up(x).reshape(b, l * self.ratio, self.out_channels)
-        s = self.skip(x) if self.skip is not None else x
-        return (u + s.repeat_interleave(self.ratio, dim=1)) * (1.0 / math.sqrt(2.0))
+        w, bias = self.up.linear_params(x.dtype)
+        u = F.leaky_relu(F.linear(x, w, bias), 0.2).view(b, l, self.ratio, self.out_channels)
+        inv_sqrt2 = 1.0 / math.sqrt(2.0)
+        if self.skip is not None:
+            ws, bs = self.skip.linear_params(x.dtype)
+            s = F.linear(x, ws * inv_sqrt2, bs * inv_sqrt2)
+        else:
+            s = x * inv_sqrt2
+        return (u + s.unsqueeze(2)).view(b, l * self.ratio, self.out_channels)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,9 @@ from training.layers import (AdaEdgeBlock, AdaMLP, EqLinear, LFF, LocalEdgeBlock
 
 HEAD_DIMS = {"xyz": 3, "scale": 3, "rotation": 4, "color": 3, "opacity": 1}
 HEAD_WEIGHT_INIT = {"xyz": 1.0, "scale": 0.1, "rotation": 0.1, "color": 1.0, "opacity": 1.0}
+# Output rows of a plain level computed per slice when no graph is recorded: small enough for the 4x-wide MLP
+# tensor of a slice to stay in cache, large enough that the per-slice Python work is negligible.
+INFERENCE_CHUNK_ROWS = 2048
 
 
 # --------------------------------------------------------------------------------------------------
@@ -73,11 +76,14 @@ class GaussianHeads(nn.Module):
             self.add_module(name, EqLinear(in_features + extra, dim, weight_init=inits[name]))
 
     def forward(self, x: Tensor, view_embedding: Tensor | None = None) -> dict[str, Tensor]:
-        """x [B, L, C] (+ e [B, view_dim]) -> head outputs [B, L, d]; one fused matmul over the point features."""
+        """x [B, L, C] (+ e [B, view_dim]) -> head outputs [B, L, d]; one fused matmul over the point features.
+
+        Without e, colour heads that see a view embedding return their view-independent part: the view term
+        view_color(e) is one [B, 3] offset per sample, added by the caller for whichever camera it renders."""
         c = x.shape[-1]
-        if c != self.in_features or (self.view_dim > 0) != (view_embedding is not None):
+        if c != self.in_features or (view_embedding is not None and self.view_dim == 0):
             raise ValueError(f"GaussianHeads: expected features [..., {self.in_features}] and "
-                             f"{'a' if self.view_dim else 'no'} view embedding, got {list(x.shape)} and "
+                             f"{'an optional' if self.view_dim else 'no'} view embedding, got {list(x.shape)} and "
                              f"{None if view_embedding is None else list(view_embedding.shape)}")
         weights, biases = [], []
         for name in HEAD_DIMS:
@@ -86,12 +92,14 @@ class GaussianHeads(nn.Module):
             biases.append(head.bias.to(x.dtype) * head.lr_multiplier)
         out = F.linear(x, torch.cat(weights), torch.cat(biases))
         out = dict(zip(HEAD_DIMS, out.split(list(HEAD_DIMS.values()), dim=-1)))
-        if self.view_dim:
-            # colour([x, e]): the e-part is computed once per sample instead of once per point.
-            head = self.color
-            w_view = head.weight.to(x.dtype)[:, c:] * head.weight_gain
-            out["color"] = out["color"] + F.linear(view_embedding.to(x.dtype), w_view).unsqueeze(1)
+        if view_embedding is not None:
+            out["color"] = out["color"] + self.view_color(view_embedding).unsqueeze(1).to(x.dtype)
         return out
+
+    def view_color(self, view_embedding: Tensor) -> Tensor:
+        """e [B, view_dim] -> [B, 3]: the colour head's e-part, computed once per sample instead of once per point."""
+        head = self.color
+        return F.linear(view_embedding, head.weight.to(view_embedding.dtype)[:, self.in_features:] * head.weight_gain)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,28 +230,30 @@ class PointGenerator(nn.Module):
             x = layer(x, ws[:, 2 * j], ws[:, 2 * j + 1])
         return self.level0_proj(x) if self.level0_proj is not None else x
 
-    def _level0_gaussians(self, f: Tensor, e: Tensor) -> tuple[Gaussians, Gaussians]:
+    def _level0_gaussians(self, f: Tensor) -> tuple[Gaussians, Gaussians]:
         s0, o0 = self.scale_init, self.opacity_logit_init
         a = self.anchor_heads[0](f)
         anchor = Gaussians(means=torch.tanh(self.xyz_output_scale * a["xyz"]),
                            log_scales=softmin(s0 + a["scale"], s0), quats=with_identity_quat(a["rotation"]),
                            opacity_logits=o0 + a["opacity"].squeeze(-1), sh=a["color"].unsqueeze(2))
-        r = self.render_heads[0](f, e)
+        r = self.render_heads[0](f)
         render = Gaussians(means=anchor.means + box_offset(anchor.quats, anchor.log_scales, torch.tanh(r["xyz"])),
                            log_scales=softmin(s0 + r["scale"], s0), quats=with_identity_quat(r["rotation"]),
                            opacity_logits=o0 + r["opacity"].squeeze(-1), sh=r["color"].unsqueeze(2))
         return render, anchor
 
-    def forward(self, ws: Tensor, view_dir: Tensor, clamp_xyz: bool = True) -> tuple[list[Gaussians], list[Gaussians]]:
+    def forward(self, ws: Tensor, view_dir: Tensor | None, clamp_xyz: bool = True
+                ) -> tuple[list[Gaussians], list[Gaussians]]:
         """ws [B, >= num_ws, w_dim] (first num_ws used), view_dir [B, 3] -> (rendered per level, anchors per level).
 
+        view_dir=None leaves out the colour's view term: add view_color_offsets(view_dir)[:, l] to level l's
+        colour coefficients to see it from any direction (how a generated scene is re-rendered for many cameras).
         Rendered positions are hard-clamped to [-1, 1] unless clamp_xyz=False (anchors are never clamped).
         """
         if ws.ndim != 3 or ws.shape[1] < self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"PointGenerator: ws must be [B, >={self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
-        e = self.view_embed(view_dir.to(ws.dtype))
         f = self._level0_features(ws)
-        render, anchor = self._level0_gaussians(f, e)
+        render, anchor = self._level0_gaussians(f)
         rendered, anchors = [render], [anchor]
         w_index = 2 * len(self.transformer)
         for level, block in enumerate(self.blocks, start=1):
@@ -251,13 +261,53 @@ class PointGenerator(nn.Module):
             if block.ada:
                 w_edge, w_mlp = ws[:, w_index], ws[:, w_index + 1]
                 w_index += 2
-            f = block(f, w_edge, w_mlp)
-            parents = repeat_children(anchors[-1], self.up_ratio)
-            rule = dict(percent_dense=self.percent_dense, split_ratio=self.split_ratio,
-                        scale_clamp_min=self.scale_clamp_min)
-            rendered.append(make_children(parents, self.render_heads[level](f, e), **rule))
-            if level < self.num_anchor_levels:
-                anchors.append(make_children(parents, self.anchor_heads[level](f), **rule))
+            f, render, anchor = self._grow_level(level, block, f, anchors[-1], w_edge, w_mlp)
+            rendered.append(render)
+            if anchor is not None:
+                anchors.append(anchor)
         if clamp_xyz:
             rendered = [dataclasses.replace(g, means=g.means.clamp(-1.0, 1.0)) for g in rendered]
+        if view_dir is not None:
+            offsets = self.view_color_offsets(view_dir.to(ws.dtype))
+            rendered = [dataclasses.replace(g, sh=g.sh + offsets[:, level, None, None])
+                        for level, g in enumerate(rendered)]
         return rendered, anchors
+
+    def view_color_offsets(self, view_dir: Tensor) -> Tensor:
+        """view_dir [B, 3] -> [B, num_levels, 3]: what the view direction adds to every colour coefficient of
+        each level's rendered Gaussians (anchors and the background have no view term)."""
+        e = self.view_embed(view_dir)
+        return torch.stack([heads.view_color(e) for heads in self.render_heads], dim=1)
+
+    def _grow_level(self, level: int, block: LevelBlock, f: Tensor, anchor: Gaussians,
+                    w_edge: Tensor | None, w_mlp: Tensor | None) -> tuple[Tensor | None, Gaussians, Gaussians | None]:
+        """Level >= 1 from the previous level's features and anchors -> (features, rendered, anchors or None).
+
+        Without autograd a plain level, whose every output row depends only on its parent's sibling group, runs
+        in group-aligned slices of rows: the same numbers, a fraction of the peak memory (the wide MLP tensors
+        exist for one slice at a time) and cache-resident intermediates. The last level's features are dropped.
+        """
+        rule = dict(percent_dense=self.percent_dense, split_ratio=self.split_ratio,
+                    scale_clamp_min=self.scale_clamp_min)
+        with_anchor = level < self.num_anchor_levels
+        keep_features = level < self.num_levels - 1
+
+        def grow(f_part: Tensor, anchor_part: Gaussians):
+            out = block(f_part, w_edge, w_mlp)
+            parents = repeat_children(anchor_part, self.up_ratio)
+            render = make_children(parents, self.render_heads[level](out), **rule)
+            child_anchor = make_children(parents, self.anchor_heads[level](out), **rule) if with_anchor else None
+            return (out if keep_features else None), render, child_anchor
+
+        if block.ada or torch.is_grad_enabled():
+            return grow(f, anchor)
+        group = block.edge.group_size
+        rows = max(INFERENCE_CHUNK_ROWS // (self.up_ratio * group), 1) * group  # parent rows per slice
+        features, renders, child_anchors = [], [], []
+        for start in range(0, f.shape[1], rows):
+            out, render, child_anchor = grow(f[:, start:start + rows], anchor.map(lambda t: t[:, start:start + rows]))
+            features.append(out)
+            renders.append(render)
+            child_anchors.append(child_anchor)
+        return (torch.cat(features, dim=1) if keep_features else None, Gaussians.cat(renders),
+                Gaussians.cat(child_anchors) if with_anchor else None)

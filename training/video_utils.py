@@ -29,6 +29,9 @@ MAX_SEEDS = 10_000           # --seeds: one generator call, one .ply and one sti
 MAX_FRAMES = 100_000         # --frames: 28 minutes at 60 fps
 MAX_RESOLUTION = 4096        # --nrr
 MAX_FRAME_SIDE = 8192        # a video frame (grid columns or rows x render resolution), H.264's practical limit
+# Frames of a fixed scene rendered per rasterizer call: enough to share the per-call work, few enough that the
+# per-view copies of the scene stay small (a FFHQ-512 scene is ~20 MB per view).
+FRAMES_PER_CALL = 4
 
 
 @dataclass(frozen=True)
@@ -225,10 +228,26 @@ def normalize_depth(depth: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.nda
 # --------------------------------------------------------------------------------------------------
 # The video.
 def _frame_outputs(G, keyframes: Tensor, labels: Tensor, resolution: int | None, gs_params):
-    """Yields the synthesis output of every frame: all cells of a frame in one generator call."""
-    interp = KeyframeInterpolator(keyframes)
+    """Yields the synthesis output of every frame (image, image_depth, image_alpha, gaussians), cells batched.
+
+    With one keyframe per cell the scenes never change: they are generated once and their frames rendered
+    FRAMES_PER_CALL at a time (one rasterizer call each), with the view colour of each frame's camera. Otherwise
+    w moves every frame and each frame is one generator call for all cells."""
     num_frames, cells, k = labels.shape[0], keyframes.shape[0], keyframes.shape[1]
     labels = labels.to(device=keyframes.device, dtype=keyframes.dtype)
+    if k == 1 and hasattr(G, "generate_scene"):
+        with torch.no_grad():
+            scene = G.generate_scene(keyframes[:, 0], gs_params)
+        for start in range(0, num_frames, FRAMES_PER_CALL):
+            views = labels[start:start + FRAMES_PER_CALL]
+            with torch.no_grad():
+                out = G.render_scene(scene, views.unsqueeze(0).expand(cells, -1, -1), resolution)
+            step = views.shape[0]
+            for j in range(step):  # the rendered Gaussians are in (cell, view) order
+                yield dict({key: out[key][:, j] for key in IMAGE_MODES},
+                           gaussians=out["gaussians"].map(lambda t: t[j::step]))  # noqa: B023  (used at once)
+        return
+    interp = KeyframeInterpolator(keyframes)
     for t in range(num_frames):
         ws = interp(t * k / num_frames)
         with torch.no_grad():
