@@ -166,6 +166,10 @@ def train(**opts):
     if result.status == "fault":
         raise click.ClickException(result.message)
     click.echo(f"{result.status}: {result.run_dir} (step {result.step}); last snapshot: {result.snapshot}")
+    from torch_utils.run_control import exit_status
+
+    if exit_status(result.status):  # interrupted: a distinct status, so scripts can tell it from a finished run
+        raise SystemExit(exit_status(result.status))
 
 
 def build_train_options(opts: dict):

@@ -31,7 +31,7 @@ from reconstruction.config import ReconTrainOptions
 from reconstruction.loss import ReconstructionLoss
 from torch_utils import checkpoint, distributed, misc
 from torch_utils.run_control import (ignore_stop_signals, install_stop_handlers, launch_training, restore_handlers,
-                                     run_rank)
+                                     run_rank, shutdown_loader)
 from torch_utils.stats import StatsCollector, StatsWriter
 
 
@@ -523,6 +523,10 @@ class ReconTrainer:
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def close(self) -> None:
+        loader = getattr(self, "loader", None)
+        if loader is not None:  # workers ignore SIGTERM: stop them now, or a failed run can wait on one forever
+            shutdown_loader(loader)
+            self.loader = None
         if self.writer is not None:
             self.writer.close()
         dnnlib.close_logging()
