@@ -372,6 +372,99 @@ def test_offline_url_gives_clear_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The detector's inference copy
+
+
+class InceptionPattern(torch.nn.Module):
+    """The FID Inception's layer pattern in miniature: conv(x, weight.to(x.dtype)) -> batch norm without scale ->
+    ReLU; two branches made contiguous and concatenated; then a contiguous() that feeds view() and must stay."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        for name, shape in [("w1", (6, 3, 3, 3)), ("w2", (5, 3, 1, 1))]:
+            self.register_buffer(name, torch.randn(shape, generator=gen))
+            channels = shape[0]
+            self.register_buffer(name + "_mean", torch.randn(channels, generator=gen))
+            self.register_buffer(name + "_var", torch.rand(channels, generator=gen) + 0.5)
+            self.register_buffer(name + "_beta", torch.randn(channels, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.conv2d(x, self.w1.to(x.dtype), None, [2, 2], [1, 1])
+        a = F.relu(F.batch_norm(a, self.w1_mean, self.w1_var, None, self.w1_beta, False, 0.1, 1e-3))
+        b = torch.conv2d(F.max_pool2d(x, 3, 2, 1), self.w2.to(x.dtype), None, [1, 1], [0, 0])
+        b = F.relu(F.batch_norm(b, self.w2_mean, self.w2_var, None, self.w2_beta, False, 0.1, 1e-3))
+        y = torch.cat([a.contiguous(), b.contiguous()], 1)
+        return y.contiguous().view(y.shape[0], -1)
+
+
+def _node_kinds(module) -> list[str]:
+    return [node.kind() for node in module.inlined_graph.nodes()]
+
+
+def test_freeze_for_inference_folds_batch_norm_and_keeps_needed_copies():
+    module = torch.jit.script(InceptionPattern().eval())
+    frozen = detector_lib.freeze_for_inference(module)
+    kinds = _node_kinds(frozen)
+    assert "aten::batch_norm" not in kinds and "aten::to" not in kinds and "aten::relu" not in kinds
+    assert kinds.count("aten::relu_") == 2 and kinds.count("aten::conv2d") == 2
+    assert kinds.count("aten::contiguous") == 1  # the one before view(): view fails on channels-last input
+    assert "aten::batch_norm" in _node_kinds(module)  # freezing works on a copy
+    x = torch.randn(3, 3, 11, 11)
+    expected = module(x)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        got = frozen(x.contiguous(memory_format=memory_format))
+        assert detector_lib.relative_difference(got, expected) < 1e-5
+
+
+def test_tiny_detectors_get_an_inference_copy_with_the_same_features(work):
+    images = torch.from_numpy(np.random.default_rng(13).integers(0, 256, (3, 3, 20, 20), dtype=np.uint8))
+    for kind in ("prescaled", "nvidia"):
+        det = detector_lib.load_detector(work[kind])
+        assert det.inference_module is not det.module and det.channels_last
+        expected = detector_lib.run_module(det.module, det.kind, images)
+        assert detector_lib.relative_difference(det(images), expected) < 1e-5
+
+
+@needs_default_detector
+def test_default_detector_fast_features_equal_the_loaded_module():
+    det = detector_lib.load_detector(None)
+    assert det.inference_module is not det.module and det.channels_last
+    assert "aten::batch_norm" not in _node_kinds(det.inference_module)
+    assert "aten::batch_norm" in _node_kinds(det.module)  # the reference is the module as loaded
+    rng = np.random.default_rng(14)
+    smooth = F.interpolate(torch.from_numpy(rng.random((3, 3, 6, 6), dtype=np.float32)), size=(48, 48),
+                           mode="bilinear", align_corners=False)
+    images = (smooth * 255).to(torch.uint8)  # natural-looking colour fields...
+    images[2] = torch.from_numpy(rng.integers(0, 256, (3, 48, 48), dtype=np.uint8))  # ...and one of pure noise
+    with torch.no_grad():
+        expected = det.module(detector_lib.prescale(images))  # the feature path before the inference copy
+    got = det(images)
+    for i in range(len(images)):
+        assert detector_lib.relative_difference(got[i], expected[i]) <= 1e-4
+    assert not torch.allclose(got[0], got[1])
+
+
+def test_inference_copy_that_disagrees_or_fails_is_not_used(work, monkeypatch, caplog):
+    images = torch.from_numpy(np.random.default_rng(15).integers(0, 256, (2, 3, 20, 20), dtype=np.uint8))
+    other = save_detector(TinyPrescaledDetector(), os.path.join(os.path.dirname(work["prescaled"]), "other.pt"),
+                          seed=1)
+
+    def broken(module):
+        raise RuntimeError("cannot freeze this")
+
+    for fake, reason in [(lambda module: torch.jit.load(other), "features differ by"),
+                         (broken, "RuntimeError: cannot freeze this")]:
+        monkeypatch.setattr(detector_lib, "freeze_for_inference", fake)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="gsgan.metrics"):
+            det = detector_lib.FeatureDetector(torch.jit.load(work["prescaled"]), "0" * 64, source="tiny.pt")
+        assert det.inference_module is det.module and not det.channels_last
+        assert "tiny.pt: the detector runs as loaded" in caplog.text and reason in caplog.text
+        torch.testing.assert_close(det(images), detector_lib.run_module(det.module, det.kind, images))
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Dataset / generator statistics, caching, distribution
 
 
