@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import numpy as np
 import torch
@@ -82,6 +82,9 @@ class Cameras:
     K:            [B, C, 3, 3] pixel intrinsics [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], pixel centres at i + 0.5
     width, height: image size in pixels
     near:         view-space z below which Gaussians are culled
+    validate:     False skips the value checks (finite entries, pinhole K), which read the tensors back from the
+                  device; shapes, dtypes, devices and sizes are always checked. For hot loops whose cameras are
+                  known good (the training loop); not stored.
     """
 
     world_to_cam: Tensor
@@ -89,8 +92,9 @@ class Cameras:
     width: int
     height: int
     near: float = 0.01
+    validate: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, validate: bool = True) -> None:
         _check_matrix_batch("world_to_cam", self.world_to_cam, 4)
         _check_matrix_batch("K", self.K, 3)
         if tuple(self.K.shape[:2]) != tuple(self.world_to_cam.shape[:2]):
@@ -104,7 +108,8 @@ class Cameras:
         self.width = _check_image_size("width", self.width)
         self.height = _check_image_size("height", self.height)
         self.near = _check_near(self.near)
-        self._check_values()
+        if validate:
+            self._check_values()
 
     def _check_values(self) -> None:
         """Finite values and a pinhole K, checked with a single host sync."""
@@ -130,7 +135,7 @@ class Cameras:
     # EG3D labels.
     @classmethod
     def from_eg3d_labels(cls, labels, width: int, height: int, near: float = 0.01, compat: bool = False,
-                         tan_half: float | None = None) -> "Cameras":
+                         tan_half: float | None = None, validate: bool = True) -> "Cameras":
         """Cameras from EG3D labels [B, 25] (C = 1) or [B, C, 25].
 
         Clean (default): world_to_cam is the exact rigid inverse of the label's cam2world and K is the label's
@@ -138,6 +143,8 @@ class Cameras:
         compat=True reproduces the official GSGAN renderer (docs/official-gsgan.md): the label intrinsics are ignored and
         replaced by a centred pinhole with tan(half FoV) = `tan_half` on both axes (default COMPAT_TAN_HALF_FOV,
         the official 12.96 "degrees" read as radians), and world_to_cam's t_x has the wrong sign.
+        validate=False skips the checks of the label values (finite, rigid, pinhole) and of the resulting cameras,
+        each a device-to-host read; the shape and size checks stay (see Cameras).
         """
         labels = _as_float_tensor("labels", labels, "[B, 25] or [B, C, 25]")
         if labels.ndim == 2:
@@ -150,7 +157,8 @@ class Cameras:
         if tan_half is not None and not compat:
             raise ValueError("tan_half: only used with compat=True (clean mode takes the focal length from the labels)")
         cam_to_world = labels[..., :16].reshape(*labels.shape[:-1], 4, 4)
-        _check_labels(labels, cam_to_world)
+        if validate:
+            _check_labels(labels, cam_to_world)
         world_to_cam = rigid_inverse(cam_to_world)
         if compat:
             tan_half = COMPAT_TAN_HALF_FOV if tan_half is None else tan_half
@@ -168,7 +176,7 @@ class Cameras:
             k = torch.stack([labels[..., 16] * width, zero, labels[..., 18] * width,
                              zero, labels[..., 20] * height, labels[..., 21] * height,
                              zero, zero, one], dim=-1).reshape(*labels.shape[:-1], 3, 3)
-        return cls(world_to_cam=world_to_cam, K=k, width=width, height=height, near=near)
+        return cls(world_to_cam=world_to_cam, K=k, width=width, height=height, near=near, validate=validate)
 
     def to_eg3d_labels(self) -> Tensor:
         """[B, C, 25] labels of these cameras as rendered (the inverse of from_eg3d_labels in clean mode)."""

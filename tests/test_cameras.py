@@ -300,3 +300,43 @@ def test_label_validation():
         Cameras.from_eg3d_labels(labels, -1, 64)
     with pytest.raises(ValueError, match="near"):
         Cameras.from_eg3d_labels(labels, 64, 64, near=-0.1)
+
+
+VALUE_ERRORS = [  # rejected by the value checks, which validate=False skips
+    dict(world_to_cam=torch.full((2, 3, 4, 4), float("nan"))),
+    dict(K=torch.tensor([[50.0, 1, 32], [0, 50, 32], [0, 0, 1]]).expand(2, 3, 3, 3)),
+    dict(K=torch.tensor([[-50.0, 0, 32], [0, 50, 32], [0, 0, 1]]).expand(2, 3, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("change", VALUE_ERRORS)
+def test_cameras_validate_false_skips_only_the_value_checks(change):
+    with pytest.raises(ValueError):
+        Cameras(**{**_valid(), **change})
+    cameras = Cameras(**{**_valid(), **change}, validate=False)  # the caller vouches for the values
+    assert "validate" not in vars(cameras)  # an init-only switch, not part of the cameras
+    assert torch.equal(cameras.K, change.get("K", _valid()["K"]))
+    for shape_error in (dict(world_to_cam=torch.eye(4).expand(2, 4, 4)), dict(width=0), dict(near=0.0)):
+        with pytest.raises(ValueError):  # shapes, sizes and near are checked either way
+            Cameras(**{**_valid(), **change, **shape_error}, validate=False)
+
+
+def test_labels_validate_false_skips_only_the_value_checks():
+    c2w, _, _ = random_cameras(2, seed=12)
+    labels = eg3d_label(c2w, FOCAL)
+    transposed = torch.cat([c2w.transpose(1, 2).flatten(1), labels[:, 16:]], dim=1)
+    broken = labels.clone()
+    broken[0, 5] = float("nan")
+    for bad in (transposed, broken, eg3d_label(c2w, -FOCAL)):
+        with pytest.raises(ValueError, match="labels: "):
+            Cameras.from_eg3d_labels(bad, 64, 64)
+        Cameras.from_eg3d_labels(bad, 64, 64, validate=False)
+    # Valid labels: the same cameras either way, in both modes.
+    for compat in (False, True):
+        checked = Cameras.from_eg3d_labels(labels, 64, 48, compat=compat)
+        unchecked = Cameras.from_eg3d_labels(labels, 64, 48, compat=compat, validate=False)
+        assert torch.equal(checked.world_to_cam, unchecked.world_to_cam) and torch.equal(checked.K, unchecked.K)
+    with pytest.raises(ValueError, match=r"labels: expected shape \[B, 25\]"):
+        Cameras.from_eg3d_labels(labels[:, :24], 64, 64, validate=False)
+    with pytest.raises(ValueError, match="width"):
+        Cameras.from_eg3d_labels(labels, -1, 64, validate=False)

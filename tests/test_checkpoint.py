@@ -116,6 +116,40 @@ def test_resolve_snapshot_picks_latest(tmp_path):
         checkpoint.resolve_snapshot(str(empty))
 
 
+def test_snapshot_names_below_one_kimg_never_collide():
+    assert checkpoint.snapshot_filename(0) == "network-snapshot-000000.pt"
+    assert checkpoint.snapshot_filename(4000) == "network-snapshot-000004.pt"
+    assert checkpoint.snapshot_filename(7) == "network-snapshot-000000.007.pt"
+    assert checkpoint.snapshot_filename(512) == "network-snapshot-000000.512.pt"
+    assert checkpoint.snapshot_filename(12_345_678) == "network-snapshot-012345.678.pt"
+    names = {checkpoint.snapshot_filename(n) for n in range(0, 3001, 8)}  # a batch-8 run of 3 kimg
+    assert len(names) == len(range(0, 3001, 8))
+    for name in names:
+        assert checkpoint.SNAPSHOT_RE.match(name), name
+    for bad in ("network-snapshot-000000.5.pt", "network-snapshot-000000.pt.tmp", "network-snapshot-.512.pt",
+                "network-snapshot-000000.5123.pt"):
+        assert not checkpoint.SNAPSHOT_RE.match(bad), bad
+
+
+def test_list_snapshots_orders_by_kimg_then_fraction_then_mtime(tmp_path):
+    names = ["network-snapshot-000001.pt", "network-snapshot-000000.512.pt", "network-snapshot-000000.pt",
+             "network-snapshot-000000.064.pt", "network-snapshot-000001.008.pt", "network-snapshot-000000.996.pt"]
+    for age, name in enumerate(reversed(names)):  # written newest-name-first: the mtime disagrees with the names
+        path = tmp_path / name
+        checkpoint.atomic_torch_save({}, str(path))
+        os.utime(path, (1_000_000 - age, 1_000_000 - age))
+    (tmp_path / "network-snapshot-000009.pt.tmp-1").write_bytes(b"")  # not a snapshot
+    listed = [os.path.basename(p) for p in checkpoint.list_snapshots(str(tmp_path))]
+    assert listed == ["network-snapshot-000000.pt", "network-snapshot-000000.064.pt", "network-snapshot-000000.512.pt",
+                      "network-snapshot-000000.996.pt", "network-snapshot-000001.pt", "network-snapshot-000001.008.pt"]
+    assert checkpoint.resolve_snapshot(str(tmp_path)).endswith("network-snapshot-000001.008.pt")
+    # Equal kimg and fraction (a copy under another zero padding): the newer file is the later one.
+    older, newer = tmp_path / "network-snapshot-0000001.008.pt", tmp_path / "network-snapshot-000001.008.pt"
+    checkpoint.atomic_torch_save({}, str(older))
+    os.utime(older, (900_000, 900_000))
+    assert checkpoint.list_snapshots(str(tmp_path))[-2:] == [str(older), str(newer)]
+
+
 def test_rng_state_survives_weights_only_round_trip(tmp_path):
     misc.set_seed(5)
     state = misc.capture_rng_state()

@@ -156,7 +156,7 @@ def test_cli_trains_and_resumes_into_a_new_run_dir(tmp_path):
     first = CliRunner().invoke(train.main, common + ["--kimg", "0.004"])
     assert first.exit_code == 0, first.output
     run_dir = os.path.join(outdir, "00000-shapes-tiny16-gpus1-batch4-gamma0.1")
-    assert os.path.isfile(os.path.join(run_dir, "network-snapshot-000000.pt"))
+    assert os.path.isfile(os.path.join(run_dir, "network-snapshot-000000.004.pt"))  # 4 images: 0.004 kimg
     second = CliRunner().invoke(train.main, common + ["--kimg", "0.008", "--resume", run_dir])
     assert second.exit_code == 0, second.output
     resumed = os.path.join(outdir, "00001-shapes-tiny16-gpus1-batch4-gamma0.1")
@@ -246,7 +246,7 @@ def tiny_snapshot(tmp_path_factory):
     result = CliRunner().invoke(train.main, ["--outdir", str(base / "runs"), "--data", data, *TINY, "--kimg", "0.004"])
     assert result.exit_code == 0, result.output
     (run_dir,) = [os.path.join(base, "runs", name) for name in os.listdir(base / "runs")]
-    return data, os.path.join(run_dir, "network-snapshot-000000.pt")
+    return data, os.path.join(run_dir, "network-snapshot-000000.004.pt")
 
 
 def _variant(snapshot: str, dest, change) -> str:

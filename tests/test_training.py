@@ -79,8 +79,13 @@ def test_one_run_writes_every_artefact(straight_run):
     run_dir = result.run_dir
     files = set(os.listdir(run_dir))
     for name in ("training_options.json", "log.txt", "stats.jsonl", "reals.png", "fakes000000.png",
-                 "fakes000000_depth.png", "network-snapshot-000000.pt"):
+                 "fakes000000_depth.png"):
         assert name in files, name
+    # One snapshot per tick, each named by its image count (below 1 kimg: thousandths), none overwritten.
+    assert sorted(f for f in files if f.startswith("network-snapshot")) == [
+        "network-snapshot-000000.004.pt", "network-snapshot-000000.008.pt", "network-snapshot-000000.012.pt"]
+    assert result.snapshot == os.path.join(run_dir, "network-snapshot-000000.012.pt")
+    assert checkpoint.resolve_snapshot(run_dir) == result.snapshot
     assert not [f for f in files if f.startswith(".tmp")]
     with open(os.path.join(run_dir, "training_options.json")) as handle:
         options = TrainConfig.from_json(handle.read())
@@ -123,7 +128,8 @@ def test_nan_stops_with_last_good_snapshot(tiny_data, tmp_path):
     assert snap["progress"]["cur_nimg"] == 4  # the snapshot of tick 0, written before the bad iteration
     assert all(torch.isfinite(p).all() for p in snap["G"].parameters())
     assert "non-finite loss in phase Gmain" in open(os.path.join(result.run_dir, "log.txt")).read()
-    assert [f for f in os.listdir(result.run_dir) if f.startswith("network-snapshot")] == ["network-snapshot-000000.pt"]
+    assert [f for f in os.listdir(result.run_dir) if f.startswith("network-snapshot")] == [
+        "network-snapshot-000000.004.pt"]
 
 
 def test_fault_before_any_snapshot_says_so(tiny_data, tmp_path):
@@ -203,6 +209,203 @@ def test_render_validate_false_skips_only_the_value_checks():
                cams, backend="reference", validate=False)
     with pytest.raises(ValueError, match="validate: expected True or False"):
         render(g, cams, backend="reference", validate="no")
+
+
+def test_training_step_skips_the_value_checks(tiny_data, tmp_path, monkeypatch):
+    """The loop's G forwards read nothing back for validation (each check is a host sync on a GPU); the public
+    synthesis call still checks everything."""
+    import importlib
+
+    cameras_module, render_module = (importlib.import_module(f"splatting.{m}") for m in ("cameras", "render"))
+
+    trainer = training_loop.Trainer(tiny_config(tiny_data, str(tmp_path)), str(tmp_path), 0, 1, torch.device("cpu"))
+    try:
+        trainer.setup()
+        assert trainer.runner.validate is False
+        calls = []
+        for owner, name in ((cameras_module, "_check_labels"), (cameras_module.Cameras, "_check_values"),
+                            (render_module, "_validate_gaussians")):
+            original = getattr(owner, name)
+            monkeypatch.setattr(owner, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+        for _ in range(2):  # Gmain + Dmain, then Dreg (r1_interval=2)
+            trainer.train_step()
+        assert calls == []
+        G, c = trainer.G, trainer.all_labels[:2]
+        ws = G.mapping(torch.randn(2, G.z_dim), c)
+        checked = G.synthesis(ws, c)["image"]
+        assert sorted(set(calls)) == ["_check_labels", "_check_values", "_validate_gaussians"]
+        broken = c.clone()
+        broken[0, 3] = float("nan")
+        with pytest.raises(ValueError, match="labels: contain non-finite values"):
+            G.synthesis(ws, broken)
+        calls.clear()
+        unchecked = G.synthesis(ws, broken, validate=False)["image"]  # the NaN camera culls everything
+        assert calls == [] and torch.equal(unchecked[1], checked[1]) and (checked[0] > -1).any()
+        assert torch.equal(unchecked[0], torch.full_like(unchecked[0], -1.0))
+    finally:
+        trainer.close()
+
+
+def _cli_args(data: str, outdir: str, *extra: str) -> list[str]:
+    """train.py options of a tiny CPU run (the model of tiny_config)."""
+    return ["--outdir", outdir, "--data", data, "--cfg", "shapes", "--gaussian_num_pts", "16", "--res_end", "16",
+            "--cmax", "32", "--cbase", "512", "--batch", "4", "--mbstd-group", "2", "--tick", "0.004", "--backend",
+            "reference", "--workers", "0", "--device", "cpu", "--grid", "2x1", "--seed", "1", "--metrics", "none",
+            *extra]
+
+
+def _error_lines(proc) -> list[str]:
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    return [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+
+
+def test_diverging_run_is_one_line_and_leaves_no_bad_snapshot(tiny_data, tmp_path):
+    """--glr=1e30 blows the generator up at its first step: the broken Gaussians stop the run in that very
+    iteration (the rasterizer alone would cull them into a finite image), with one line and exit 1, before any
+    snapshot of the broken state; DataLoader workers on, so the process must also exit."""
+    args = _cli_args(tiny_data, str(tmp_path / "runs"), "--glr", "1e30", "--kimg", "0.04", "--workers", "1")
+    proc = subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True, cwd=REPO, timeout=240)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert _error_lines(proc) == ["Error: non-finite loss in phase Dmain at tick 0 (kimg 0.000, iteration 0): training "
+                                  "stopped; no snapshot was written before the fault (--snap sets how often one is)"]
+    (run_dir,) = os.listdir(tmp_path / "runs")
+    assert not [f for f in os.listdir(tmp_path / "runs" / run_dir) if f.startswith(("network-snapshot", ".tmp"))]
+
+
+def test_divergence_after_a_snapshot_names_it_as_the_last_good_one(tiny_data, tmp_path, monkeypatch):
+    """The G learning rate jumps to 1e30 once tick 0 is over (and its snapshot written): the next G step breaks
+    the generator, and the fault names the tick-0 snapshot, whose generator is intact."""
+    original = training_loop.Trainer.end_tick
+
+    def end_tick_then_diverge(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        for group in self.opt_G.param_groups:
+            group["lr"] = 1e30
+    monkeypatch.setattr(training_loop.Trainer, "end_tick", end_tick_then_diverge)
+    result = training_loop.launch(tiny_config(tiny_data, str(tmp_path), image_snapshot_ticks=0, total_kimg=0.04))
+    assert result.status == "fault" and result.exit_status == 1
+    assert result.message.startswith("non-finite loss in phase Dmain at tick 1 (kimg 0.004, iteration 1)")
+    assert result.snapshot.endswith("network-snapshot-000000.004.pt") and result.snapshot in result.message
+    good = checkpoint.load_snapshot(result.snapshot)
+    assert good["progress"]["cur_nimg"] == 4
+    assert max(float(p.abs().max()) for p in good["G"].parameters()) < 1e3  # not the diverged state
+    assert [f for f in os.listdir(result.run_dir) if f.startswith("network-snapshot")] == [
+        "network-snapshot-000000.004.pt"]
+
+
+RANK_FAILURE_SCRIPT = """import sys
+sys.path.insert(0, {repo!r})
+from torch_utils import distributed
+from training import dataset as ds
+
+# At module level: spawned ranks import this file too (as __mp_main__), so rank 1 fails in the middle of the run
+# while rank 0 waits for it in an all-reduce.
+_original, _calls = ds.ImageFolderDataset._load_image, [0]
+
+
+def _failing(self, raw):
+    _calls[0] += 1
+    if distributed.get_rank() == 1 and _calls[0] > 4:  # two images per iteration: the third one fails
+        raise ds.DatasetError(self._where(raw) + ": corrupt image (injected in rank 1)")
+    return _original(self, raw)
+
+
+ds.ImageFolderDataset._load_image = _failing
+
+if __name__ == "__main__":
+    import train
+    train.main(sys.argv[1:])
+"""
+
+
+def test_user_error_in_a_spawned_rank_is_one_line(tiny_data, tmp_path):
+    script = tmp_path / "train_with_bad_image.py"
+    script.write_text(RANK_FAILURE_SCRIPT.format(repo=REPO))
+    args = _cli_args(tiny_data, str(tmp_path / "runs"), "--gpus", "2", "--kimg", "1")
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=240)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert _error_lines(proc) == [line for line in proc.stderr.splitlines() if line.strip()]  # nothing else
+    (line,) = _error_lines(proc)
+    assert line.startswith(f"Error: {tiny_data}/") and line.endswith(": corrupt image (injected in rank 1)"), line
+    assert "tick 1" in proc.stdout  # met mid-run, after both ranks had trained together
+
+
+class _Failure(RuntimeError):
+    """Not a user error: travels as a traceback."""
+
+
+def _rank_body(index: int, _init_method: str, failing_index: int, error):
+    if index == failing_index:
+        raise error
+    return f"rank {index} done"
+
+
+def test_spawn_forwards_only_user_errors():
+    """User errors travel to the parent as they are (the CLI tests above); anything else keeps torch's exception
+    with the rank's traceback, so that a bug is not reduced to one line."""
+    import pickle
+
+    from torch.multiprocessing import ProcessRaisedException
+
+    from torch_utils import distributed
+    from torch_utils.checkpoint import SnapshotWriteError
+    from training.config import ConfigError
+    from training.dataset import DatasetError
+
+    with pytest.raises(ProcessRaisedException, match="_Failure: a bug"):
+        distributed.spawn(_rank_body, 2, args=(1, _Failure("a bug")))
+    write_error = SnapshotWriteError("x.pt: disk full", 28, "No space left on device")
+    for error in (DatasetError("a.png: corrupt"), ConfigError("--kimg"), write_error):  # subclasses count
+        assert distributed.is_user_error(error)
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+    assert pickle.loads(pickle.dumps(write_error)).errno == 28
+    assert not distributed.is_user_error(ValueError("x")) and not distributed.is_user_error(_Failure("x"))
+    import importlib
+
+    for name in distributed.USER_ERROR_CLASSES:  # every name is a real class (a rename would go unnoticed)
+        module, attribute = name.split(":")
+        cls = getattr(importlib.import_module(module), attribute)
+        assert issubclass(cls, ValueError) and f"{cls.__module__}:{cls.__qualname__}" == name
+    import reconstruct
+    import train
+
+    listed = set(train.USER_ERRORS) | set(reconstruct.user_errors())  # what the CLIs print as one line
+    assert all(distributed.is_user_error(cls("x")) for cls in listed)
+
+
+@pytest.mark.parametrize("num_gpus", [1, 2])
+def test_failed_start_leaves_no_run_dir(tiny_data, tmp_path, num_gpus):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a snapshot")
+    runs = tmp_path / "runs"
+    config = tiny_config(tiny_data, str(runs), resume=str(bad), num_gpus=num_gpus, batch_gpu=4 // num_gpus)
+    with pytest.raises(checkpoint.SnapshotError, match="bad.pt"):
+        training_loop.launch(config)
+    assert os.listdir(runs) == []
+
+
+def test_remove_unused_run_dir_keeps_anything_written(tmp_path):
+    from torch_utils.run_control import remove_unused_run_dir
+
+    def run_dir(name, files):
+        path = tmp_path / name
+        path.mkdir()
+        for file_name, text in files.items():
+            (path / file_name).write_text(text)
+        return path
+
+    unused = run_dir("00000-a", {"training_options.json": "{}", "log.txt": "", "stats.jsonl": "",
+                                 "events.out.tfevents.1.host": "header"})
+    assert remove_unused_run_dir(str(unused)) and not unused.exists()
+    logged = run_dir("00001-b", {"training_options.json": "{}", "log.txt": "tick 0 ...\n"})
+    pictured = run_dir("00002-c", {"training_options.json": "{}", "reals.png": "png"})
+    (run_dir("00003-d", {"training_options.json": "{}"}) / "sub").mkdir()
+    for kept in ("00001-b", "00002-c", "00003-d"):
+        assert not remove_unused_run_dir(str(tmp_path / kept)) and (tmp_path / kept).is_dir()
+    assert (logged / "log.txt").read_text() == "tick 0 ...\n" and (pictured / "reals.png").exists()
+    assert not remove_unused_run_dir(str(tmp_path / "missing"))
 
 
 def test_two_process_gloo_ranks_stay_identical(tiny_data, tmp_path):

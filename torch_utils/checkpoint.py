@@ -44,7 +44,8 @@ REGISTRY = {
 RECON_FORMAT = "gsgan-reconstruction-snapshot"
 RECON_VERSION = 1
 RECON_KEYS = ("encoder", "optimizer", "scheduler", "progress", "rng", "options")
-SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d+)\.pt$")
+# network-snapshot-KKKKKK.pt, or network-snapshot-KKKKKK.FFF.pt when the image count is not a whole kimg.
+SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d+)(?:\.(\d{3}))?\.pt$")
 CHECKSUM_KEY = "checksum"
 # init_kwargs that are run-time choices rather than architecture: a resume may change them (the render backend
 # old snapshots still carry, the augmentation probability that ADA adjusts and --p sets).
@@ -72,9 +73,16 @@ class SnapshotWriteError(SnapshotError, OSError):
         return type(self), (self.args[0], self.errno, self.strerror)
 
 
+def kimg_label(cur_nimg: int) -> str:
+    """KKKKKK (completed kimg) for a whole number of kimg, else KKKKKK.FFF (FFF = images mod 1000), so that runs
+    shorter than 1 kimg, or snapshots that do not fall on a kimg boundary, never share a name."""
+    kimg, rest = divmod(int(cur_nimg), 1000)
+    return f"{kimg:06d}" if rest == 0 else f"{kimg:06d}.{rest:03d}"
+
+
 def snapshot_filename(cur_nimg: int) -> str:
-    """network-snapshot-KKKKKK.pt with KKKKKK = completed kimg (integer part)."""
-    return f"network-snapshot-{int(cur_nimg) // 1000:06d}.pt"
+    """network-snapshot-<kimg_label>.pt: network-snapshot-000004.pt at 4000 images, -000000.512.pt at 512."""
+    return f"network-snapshot-{kimg_label(cur_nimg)}.pt"
 
 
 def registered_class(name: str) -> type:
@@ -369,14 +377,14 @@ def check_training_snapshot(path: str, modules: dict) -> dict:
 
 
 def list_snapshots(run_dir: str) -> list[str]:
-    """network-snapshot-*.pt files in run_dir, oldest (smallest kimg, then mtime) first."""
+    """network-snapshot-*.pt files in run_dir, oldest (smallest kimg, then fraction, then mtime) first."""
     found = []
     for name in os.listdir(run_dir):
         match = SNAPSHOT_RE.match(name)
         if match:
             full = os.path.join(run_dir, name)
-            found.append((int(match.group(1)), os.path.getmtime(full), full))
-    return [full for _, _, full in sorted(found)]
+            found.append((int(match.group(1)), int(match.group(2) or 0), os.path.getmtime(full), full))
+    return [full for *_, full in sorted(found)]
 
 
 def resolve_snapshot(path: str) -> str:

@@ -159,8 +159,48 @@ def all_gather_with_grad(x: Tensor, sum_grads: bool = True) -> Tensor:
     return _GatherWithGrad.apply(x, sum_grads)
 
 
+# The project's errors that are the user's to fix (the training CLIs print them as one line), as "module:Class"
+# of the defining module: a spawned rank that meets one hands it to the parent, which raises it as it is instead
+# of torch.multiprocessing's traceback. Matched by name through the class hierarchy (subclasses count), so that
+# neither training loop is imported here.
+USER_ERROR_CLASSES = frozenset({
+    "training.dataset:DatasetError", "training.config:ConfigError", "training.output_paths:OutputPathError",
+    "torch_utils.checkpoint:SnapshotError",
+    "reconstruction.chunks:ChunkError", "reconstruction.densify.segment:DensifyError",
+    "reconstruction.encoder.errors:EncoderError", "reconstruction.evaluate:EvaluationError",
+    "reconstruction.metrics:ImageMetricError", "reconstruction.view_sampler:ViewSamplerError",
+    "reconstruction.lpips:LPIPSWeightsError",
+})
+# Seconds the other ranks get to notice a failed peer and exit on their own before they are terminated.
+SPAWN_FAILURE_GRACE_S = 10.0
+
+
+def is_user_error(error: BaseException) -> bool:
+    """True when `error` is (a subclass of) one of USER_ERROR_CLASSES."""
+    return any(f"{cls.__module__}:{cls.__qualname__}" in USER_ERROR_CLASSES for cls in type(error).__mro__)
+
+
+def _picklable(error: BaseException) -> bool:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # noqa: BLE001  whatever an exotic exception does, it then travels as a traceback
+        return False
+    return True
+
+
 def _spawn_entry(index: int, fn, init_method: str, args: tuple, queue) -> None:
-    queue.put((index, fn(index, init_method, *args)))
+    """One spawned rank: ("result", value) to the parent, or ("error", exception) for a user error, after which
+    the rank exits with status 1 so that the parent stops the others."""
+    try:
+        result = fn(index, init_method, *args)
+    except Exception as error:  # noqa: BLE001  only user errors are handled; the rest keeps its traceback
+        if not (is_user_error(error) and _picklable(error)):
+            raise
+        queue.put((index, "error", error))
+        raise SystemExit(1) from None
+    queue.put((index, "result", result))
 
 
 def spawn(fn, nprocs: int, args: tuple = ()) -> list:
@@ -168,6 +208,8 @@ def spawn(fn, nprocs: int, args: tuple = ()) -> list:
 
     init_method is a file:// rendezvous for init(). SIGTERM to this process is forwarded to the children (which
     finish their step, snapshot and exit); SIGINT reaches them from the terminal directly.
+    A user error in a rank (is_user_error) is raised here as it is, the first one to arrive, once every rank
+    has ended; any other failure raises torch.multiprocessing's ProcessException with the rank's traceback.
     """
     import signal
     import tempfile
@@ -189,10 +231,23 @@ def spawn(fn, nprocs: int, args: tuple = ()) -> list:
         previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
                     signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: None)}
         try:
-            while not context.join():
+            while not context.join(grace_period=SPAWN_FAILURE_GRACE_S):
                 pass
+        except (mp.ProcessExitedException, mp.ProcessRaisedException):
+            errors = [value for _, kind, value in _drain(queue) if kind == "error"]
+            if errors:
+                raise errors[0] from None
+            raise
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
-    results = dict(queue.get() for _ in range(nprocs))
+    results = {index: value for index, _, value in _drain(queue)}
     return [results[i] for i in range(nprocs)]
+
+
+def _drain(queue) -> list:
+    """Everything the ranks put on the queue, in arrival order (all of them have ended: nothing more comes)."""
+    items = []
+    while not queue.empty():
+        items.append(queue.get())
+    return items

@@ -3,6 +3,7 @@ workers that leave stop signals to the main process (and are stopped for sure wh
 SIGTERM handlers that ask for a clean stop, and the exit status that tells a finished run from an interrupted one."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from typing import Callable
@@ -113,14 +114,42 @@ def run_rank(make_trainer: Callable, rank: int, world: int, device_name: str, in
         distributed.cleanup()
 
 
+OPTIONS_FILE = "training_options.json"
+# What start-up leaves in a run folder before anything is trained: the options, the log and stats files opened
+# empty, and TensorBoard's event file header (when tensorboard is installed).
+_START_UP_FILE_PREFIXES = ("events.out.tfevents.",)
+
+
 def write_options(run_dir: str, options) -> None:
     """run_dir/training_options.json (the options' to_json(), written all-or-nothing)."""
     import os
 
     from dnnlib import atomic_file
 
-    with atomic_file(os.path.join(run_dir, "training_options.json"), "w") as handle:
+    with atomic_file(os.path.join(run_dir, OPTIONS_FILE), "w") as handle:
         handle.write(options.to_json() + "\n")
+
+
+def remove_unused_run_dir(run_dir: str) -> bool:
+    """Delete run_dir when it holds nothing a failed start wrote for the user (only training_options.json,
+    empty files and TensorBoard event headers), so that it does not pass for a run. Returns whether it did.
+    Best effort: it runs while another error is on its way to the user, so it never raises."""
+    import os
+
+    try:
+        entries = list(os.scandir(run_dir))
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=False):
+                return False
+            start_up = entry.name == OPTIONS_FILE or entry.name.startswith(_START_UP_FILE_PREFIXES)
+            if not start_up and entry.stat(follow_symlinks=False).st_size > 0:
+                return False
+        for entry in entries:
+            os.remove(entry.path)
+        os.rmdir(run_dir)
+    except OSError:
+        return False
+    return True
 
 
 def launch_training(options, description: str, process: Callable, spawned: Callable, result_type: type):
@@ -130,7 +159,8 @@ def launch_training(options, description: str, process: Callable, spawned: Calla
     process(rank, world, options, run_dir, init_method=None, local_rank=0) runs one rank and returns a result;
     spawned(index, init_method, world, options_dict, run_dir) is the picklable top-level entry of a spawned rank
     (it rebuilds the options and returns result.__dict__). options needs validate(), to_dict(), to_json(),
-    num_gpus, device and outdir."""
+    num_gpus, device and outdir. A start that fails before anything was written into the run folder (see
+    remove_unused_run_dir) removes the folder again before the error goes on."""
     import dnnlib
     from torch_utils import distributed
 
@@ -145,10 +175,23 @@ def launch_training(options, description: str, process: Callable, spawned: Calla
             run_dir = dnnlib.make_run_dir(options.outdir, description)
             write_options(run_dir, options)
         run_dir = distributed.all_gather_objects(run_dir)[0]
-        return process(rank, world, options, run_dir, local_rank=local_rank)
+        with _removed_when_unused(run_dir if rank == 0 else None):
+            return process(rank, world, options, run_dir, local_rank=local_rank)
     run_dir = dnnlib.make_run_dir(options.outdir, description)
-    write_options(run_dir, options)
-    if options.num_gpus == 1:
-        return process(0, 1, options, run_dir)
-    results = distributed.spawn(spawned, options.num_gpus, args=(options.num_gpus, options.to_dict(), run_dir))
+    with _removed_when_unused(run_dir):
+        write_options(run_dir, options)
+        if options.num_gpus == 1:
+            return process(0, 1, options, run_dir)
+        results = distributed.spawn(spawned, options.num_gpus, args=(options.num_gpus, options.to_dict(), run_dir))
     return result_type(**results[0])
+
+
+@contextlib.contextmanager
+def _removed_when_unused(run_dir: str | None):
+    """On an exception, remove_unused_run_dir(run_dir) (None: nothing to do), then let the exception go on."""
+    try:
+        yield
+    except BaseException:
+        if run_dir is not None:
+            remove_unused_run_dir(run_dir)
+        raise

@@ -183,16 +183,17 @@ class GSGenerator(nn.Module):
                                     update_emas=update_emas)
 
     def synthesis(self, ws: Tensor, c: Tensor, neural_rendering_resolution: int | None = None,
-                  gs_params: GSParams | None = None, background: bool = True, backend: str | None = None) -> dict:
+                  gs_params: GSParams | None = None, background: bool = True, backend: str | None = None,
+                  validate: bool = True) -> dict:
         """ws [B, num_ws, w_dim], c [B, 25] rendering camera -> dict(image, image_depth, image_alpha, gaussians,
         anchors). background=False (or gs_params.disable_background) leaves the background generator unused.
-        backend: rasterizer for this call (None = self.backend)."""
+        backend: rasterizer for this call (None = self.backend). validate: see render_scene."""
         self._check_ws(ws)
         if c.ndim != 2 or c.shape != (ws.shape[0], 25):
             raise ValueError(f"GSGenerator.synthesis: c must be [B, 25] EG3D labels with B = {ws.shape[0]}, "
                              f"got {list(c.shape)}")
         scene = self.generate_scene(ws, gs_params, background)
-        out = self.render_scene(scene, c, neural_rendering_resolution, backend)
+        out = self.render_scene(scene, c, neural_rendering_resolution, backend, validate=validate)
         return dict(out, anchors=scene.anchors)
 
     def generate_scene(self, ws: Tensor, gs_params: GSParams | None = None, background: bool = True) -> GeneratedScene:
@@ -208,10 +209,13 @@ class GSGenerator(nn.Module):
         return GeneratedScene(Gaussians.cat(parts), anchors, view_levels, gp.camera_cond)
 
     def render_scene(self, scene: GeneratedScene, c: Tensor, neural_rendering_resolution: int | None = None,
-                     backend: str | None = None) -> dict:
+                     backend: str | None = None, validate: bool = True) -> dict:
         """Render B generated scenes from c [B, 25] (one camera each) or [B, V, 25] (V cameras each, all B * V
         images in one rasterizer call) -> dict(image [B, (V,) 3, H, W], image_depth, image_alpha [B, (V,) 1, H, W],
-        gaussians: what was rendered, with the view colour of each camera; B * V scenes in (b, v) order)."""
+        gaussians: what was rendered, with the view colour of each camera; B * V scenes in (b, v) order).
+        validate=False skips the value checks of the labels, cameras and Gaussians (each reads tensors back from
+        the device); the training loop uses it and checks its losses, gradients and rendered Gaussians for
+        non-finite values instead (training.steps.nonfinite_probe)."""
         from splatting import Cameras, render  # the rasterizer is only needed here
 
         g = scene.gaussians
@@ -223,7 +227,7 @@ class GSGenerator(nn.Module):
         v = labels.shape[1]
         res = neural_rendering_resolution or self.neural_rendering_resolution
         cameras = Cameras.from_eg3d_labels(labels.to(g.means.dtype), res, res, near=self.near_plane,
-                                           compat=self.compat)
+                                           compat=self.compat, validate=validate)
         view_dir = cameras.forward.reshape(b * v, 3)
         if scene.fixed_view:
             view_dir = view_dir.new_tensor([0.0, 0.0, -1.0]).expand_as(view_dir)
@@ -240,9 +244,9 @@ class GSGenerator(nn.Module):
             seen = Gaussians(sh=sh, **{name: getattr(g, name).repeat_interleave(v, dim=0)
                                        for name in ("means", "log_scales", "quats", "opacity_logits")})
         cameras = Cameras(cameras.world_to_cam.reshape(b * v, 1, 4, 4), cameras.K.reshape(b * v, 1, 3, 3),
-                          width=res, height=res, near=cameras.near)
+                          width=res, height=res, near=cameras.near, validate=validate)
         out = render(seen, cameras, background=None,
-                     backend=self.backend if backend is None else check_backend_name(backend))
+                     backend=self.backend if backend is None else check_backend_name(backend), validate=validate)
         color, depth, alpha = out.color[:, 0], out.depth[:, 0], out.alpha[:, 0]
         if self.compat:  # official depth: sum of w * z (not alpha-normalized), empty pixels set to the image's max
             depth = depth * alpha

@@ -26,6 +26,16 @@ class PhaseData:
     gen_c: Tensor      # [b, 25] labels drawn from the dataset (before pose augmentation)
 
 
+def nonfinite_probe(gaussians) -> Tensor:
+    """0, or NaN when any value of the rendered Gaussians is NaN or inf (0 * inf is NaN), without a host sync.
+
+    The loop's G forwards skip render()'s value checks; a phase adds this to the loss it returns, so the loop's
+    one finiteness check per phase still stops a generator that has gone non-finite, even when the rasterizer
+    would have culled the broken Gaussians into a finite image."""
+    fields = (gaussians.means, gaussians.log_scales, gaussians.quats, gaussians.opacity_logits, gaussians.sh)
+    return torch.stack([t.detach().sum() for t in fields]).sum() * 0
+
+
 class PhaseRunner:
     """Holds G, D and the augmentation pipeline and runs the phase computations on them.
 
@@ -44,6 +54,10 @@ class PhaseRunner:
         self.official_resume = official_resume
         self.sum_contrastive_grads = not config.compat
         self.nrr = config.G.neural_rendering_resolution or None
+        # The loop's G forwards skip the value checks of labels, cameras and Gaussians (host syncs): the labels
+        # were checked when the dataset was opened, and the loop's one check per phase covers every loss,
+        # gradient and (nonfinite_probe) rendered Gaussian.
+        self.validate = False
 
     # ------------------------------------------------------------------------------------------ schedules
     def schedule(self, cur_nimg: int) -> dict:
@@ -69,7 +83,8 @@ class PhaseRunner:
         ws = self.G.mapping(z, c_map, update_emas=update_emas)
         if self.loss_cfg.style_mixing_prob > 0:
             ws = self._style_mix(ws, c_map, update_emas)
-        return self.G.synthesis(ws, c, neural_rendering_resolution=self.nrr, background=sched["background"])
+        return self.G.synthesis(ws, c, neural_rendering_resolution=self.nrr, background=sched["background"],
+                                validate=self.validate)
 
     def _style_mix(self, ws: Tensor, c: Tensor, update_emas: bool) -> Tensor:
         gen = self.generator
@@ -98,6 +113,7 @@ class PhaseRunner:
         lc, sched = self.loss_cfg, self.schedule(cur_nimg)
         gen_c = self.augment_camera(data.gen_c)
         out = self.run_G(data.gen_z, gen_c, sched)
+        probe = nonfinite_probe(out["gaussians"])
         logits, feat, cam = self.run_D(out["image"], gen_c, sched["blur_sigma"])
         adv = L.generator_adv_loss(logits)
         con = self.contrastive(feat, cam)
@@ -117,14 +133,16 @@ class PhaseRunner:
         report("Loss/G/knn", knn)
         report("Loss/G/center", center)
         report("Loss/G/loss", total)
-        return total.detach()
+        return total.detach() + probe
 
     def discriminator_main(self, data: PhaseData, cur_nimg: int, scale: float = 1.0) -> Tensor:
         """Dmain: fakes (G with update_emas), then reals with the pose-contrastive loss; clip after each backward."""
         lc, sched = self.loss_cfg, self.schedule(cur_nimg)
         gen_c = self.augment_camera(data.gen_c)
         with torch.no_grad():
-            fake = self.run_G(data.gen_z, gen_c, sched, update_emas=True)["image"]
+            fake_out = self.run_G(data.gen_z, gen_c, sched, update_emas=True)
+        fake, probe = fake_out["image"], nonfinite_probe(fake_out["gaussians"])
+        del fake_out  # the Gaussians are not needed any longer
         fake_logits, _, _ = self.run_D(fake, gen_c, sched["blur_sigma"])
         loss_fake = L.discriminator_fake_loss(fake_logits)
         (loss_fake.mean() * scale).backward()
@@ -148,7 +166,7 @@ class PhaseRunner:
         report("Loss/D/contrastive", con)
         total = loss_fake.mean().detach() + real_total.detach()
         report("Loss/D/loss", total)
-        return total
+        return total + probe
 
     def discriminator_reg(self, data: PhaseData, cur_nimg: int, scale: float = 1.0) -> Tensor:
         """Dreg: lazy R1 with gain r1_interval, gradient w.r.t. the real image before blur and augmentation.
