@@ -2,7 +2,7 @@
 # One command, end to end on a CPU, in two parts (about 35 minutes on 2 cores in all):
 #  gan:   build the built-in synthetic dataset (2,000 procedural heads at 16x16, the resolution the small `shapes`
 #         model is tuned for), train it (~25 minutes), compare the FID of the trained and the untrained generator,
-#         then render an orbit video and export a .ply of the trained model;
+#         then render an orbit video and stills of the 16-px model at 128 px per seed and export a .ply of it;
 #  recon: build the built-in multi-view scenes (300 + 40 rooms at 64x64), train the small reconstruction model for a
 #         few minutes, evaluate it on the test scenes against the nearest-context baseline, and render a video and
 #         a .ply of one reconstructed test scene.
@@ -43,27 +43,30 @@ mkdir -p "$GAN_OUT"
 before=$(ls -d "$GAN_OUT"/*/ 2>/dev/null | sort | tail -n 1 || true)
 python train.py --outdir="$GAN_OUT" --cfg=shapes --data="$DATA" --kimg="$KIMG" --metrics=none --seed=0
 RUN=$(newest_run "$GAN_OUT" "$before")
-INITIAL="$RUN/network-snapshot-000000.pt"
-FINAL=$(ls "$RUN"/network-snapshot-*.pt | sort | tail -n 1)
+# first and latest snapshot in kimg order (names below 1 kimg carry a fraction: network-snapshot-000000.032.pt)
+INITIAL=$(python -c 'import sys; from torch_utils.checkpoint import list_snapshots; print(list_snapshots(sys.argv[1])[0])' "$RUN")
+FINAL=$(python -c 'import sys; from torch_utils.checkpoint import list_snapshots; print(list_snapshots(sys.argv[1])[-1])' "$RUN")
 
 echo "== gan 3/4 evaluation ($METRIC)"
 fid_initial=$(python calc_metrics.py --metrics="$METRIC" --network="$INITIAL" | tail -n 1)
 fid_final=$(python calc_metrics.py --metrics="$METRIC" --network="$FINAL" | tail -n 1)
 
-echo "== gan 4/4 orbit video and .ply of the trained model"
-python gen_videos.py --network="$FINAL" --seeds=0-3 --grid=2x2 --trunc=0.7 --frames=120 --outdir="$RUN/videos"
+echo "== gan 4/4 orbit video, stills and .ply of the trained model (rendered at 128 px: Gaussians are resolution-free)"
+python gen_videos.py --network="$FINAL" --seeds=0-3 --grid=2x2 --trunc=0.7 --frames=120 --nrr=128 --images \
+    --outdir="$RUN/videos"
 
 python - "$METRIC" "$fid_initial" "$fid_final" "$RUN" <<'PY'
 import glob, json, os, sys
 metric, initial, final, run = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
 a, b = initial["results"][metric], final["results"][metric]
 print(f"\n[quickstart] GAN run directory: {run}")
-print(f"[quickstart] {metric} of the untrained generator (network-snapshot-000000.pt): {a:.2f}")
+print(f"[quickstart] {metric} of the untrained generator ({os.path.basename(initial['snapshot_pkl'])}): {a:.2f}")
 print(f"[quickstart] {metric} of the trained generator ({os.path.basename(final['snapshot_pkl'])}): {b:.2f}"
       f"  (ratio {b / a:.2f})")
 grids = sorted(glob.glob(os.path.join(run, "fakes*.png")))
 print(f"[quickstart] latest fakes grid: {[g for g in grids if not g.endswith('_depth.png')][-1]}")
-for path in sorted(glob.glob(os.path.join(run, "videos", "*.mp4")) + glob.glob(os.path.join(run, "videos", "*.ply"))):
+for path in sorted(glob.glob(os.path.join(run, "videos", "*.mp4")) + glob.glob(os.path.join(run, "videos", "*.png"))
+                   + glob.glob(os.path.join(run, "videos", "*.ply"))):
     print(f"[quickstart] wrote {path}")
 PY
 fi
