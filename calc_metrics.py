@@ -41,15 +41,18 @@ def parse_metric_list(ctx, param, value: str) -> list[str]:
 
 
 def resolve_device(device: str, gpus: int) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise click.BadParameter("CUDA is not available on this machine; use --device cpu", param_hint="--device")
-        if gpus > torch.cuda.device_count():
-            raise click.BadParameter(f"--gpus {gpus} but only {torch.cuda.device_count()} CUDA devices are visible",
-                                     param_hint="--gpus")
-    return torch.device(device)
+    """--device as every CLI reads it (run_control.resolve_device), and --gpus within the visible CUDA devices."""
+    from torch_utils import run_control
+
+    try:
+        resolved = run_control.resolve_device(device)
+    except run_control.DeviceUnavailable:
+        raise click.BadParameter("CUDA is not available on this machine; use --device cpu",
+                                 param_hint="--device") from None
+    if resolved.type == "cuda" and gpus > torch.cuda.device_count():
+        raise click.BadParameter(f"--gpus {gpus} but only {torch.cuda.device_count()} CUDA devices are visible",
+                                 param_hint="--gpus")
+    return resolved
 
 
 def dataset_kwargs_for(snapshot: dict, data: str | None, snapshot_path: str) -> dict:

@@ -91,13 +91,13 @@ def _raise_interrupt(signal_name: str) -> None:
 
 
 def _device(name: str):
-    import torch
+    """--device, resolved as by every CLI (run_control.resolve_device), as a usage error when CUDA is missing."""
+    from torch_utils import run_control
 
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("cuda requested but torch sees no CUDA device", param_hint="'--device'")
-    return torch.device(name)
+    try:
+        return run_control.resolve_device(name)
+    except run_control.DeviceUnavailable:
+        raise click.BadParameter("cuda requested but torch sees no CUDA device", param_hint="'--device'") from None
 
 
 def _gs_params(G, res_visualize, point_index, num_init_near_point, visualize_anchor, opacity_ones, rendering_scale,

@@ -6,15 +6,17 @@ process (tests) do not leak output into each other's log files.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
 import os
-import secrets
 import sys
 import urllib.parse
 import urllib.request
+
+# One implementation each, in the standalone rasterizer package (which must not import dnnlib); re-exported here.
+from splatting.atomic import atomic_file
+from splatting.cache import cache_dir
 
 LOGGER_NAME = "gsgan"
 _HANDLER_TAG = "_gsgan_handler"
@@ -34,34 +36,6 @@ class EasyDict(dict):
 
     def __delattr__(self, name):
         del self[name]
-
-
-@contextlib.contextmanager
-def atomic_file(path: str, mode: str = "wb", fsync: bool = False):
-    """Write `path` all-or-nothing: a temp file in the same directory (permissions from the umask), then
-    os.replace. On error the temp file is removed and `path` is untouched."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".tmp-{secrets.token_hex(6)}-{os.path.basename(path)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def cache_dir(*subdirs: str) -> str:
-    """$GSGAN_CACHE_DIR (default ~/.cache/gsgan) joined with `subdirs`; created on demand."""
-    root = os.environ.get("GSGAN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "gsgan")
-    path = os.path.join(root, *subdirs)
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 def is_url(path_or_url: str) -> bool:

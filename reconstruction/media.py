@@ -83,7 +83,7 @@ def side_by_side_frames(color: Tensor, depth: Tensor, alpha: Tensor) -> np.ndarr
     video_lo = np.full_like(lo, lo[known].min() if known.any() else np.inf)
     video_hi = np.full_like(hi, hi[known].max() if known.any() else -np.inf)
     depth_img = torch.from_numpy(normalize_depth(d, video_lo, video_hi))
-    return np.concatenate([to_uint8(color * 2 - 1), to_uint8(depth_img)], axis=2)
+    return np.concatenate([to_uint8(color, drange=(0, 1)), to_uint8(depth_img)], axis=2)
 
 
 def write_video(path: str, frames: np.ndarray, fps: float = 30) -> str:

@@ -12,8 +12,7 @@ import os
 import numpy as np
 import torch
 
-from dnnlib import atomic_file
-
+from .atomic import atomic_file
 from .gaussians import Gaussians
 
 _REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",

@@ -1,5 +1,5 @@
 """Seeding, RNG state capture/restore (for exact resume), parameter counts, a module summary table, the
-infinite rank-sharded data sampler and image-grid saving."""
+infinite rank-sharded data sampler, the float -> uint8 quantizer for displayed images and image-grid saving."""
 from __future__ import annotations
 
 import copy
@@ -184,11 +184,24 @@ class InfiniteSampler(torch.utils.data.Sampler):
                 "start": self.start}
 
 
+def quantize_uint8(images: torch.Tensor, drange=(-1.0, 1.0)) -> torch.Tensor:
+    """Float images with values in drange -> uint8 of the same shape and device: round to nearest (ties to even)
+    of (x - lo) * 255 / (hi - lo), clamped to [0, 255]; x * 127.5 + 127.5 for [-1, 1], x * 255 for [0, 1].
+
+    The one quantizer for pixels people look at (videos, grids, stills, reconstruction media) and for the uint8
+    round trip before a resize. FID/KID/PR images instead use `metrics.detector.to_uint8`, the reference
+    pipeline's truncation, so that scores stay comparable with published ones.
+    """
+    lo, hi = (float(v) for v in drange)
+    if not hi > lo:
+        raise ValueError(f"quantize_uint8: drange must be (lo, hi) with hi > lo, got {tuple(drange)}")
+    scale = 255.0 / (hi - lo)
+    return (images.detach().float() * scale - lo * scale).round().clamp(0, 255).to(torch.uint8)
+
+
 def images_to_uint8(images: torch.Tensor, drange=(-1.0, 1.0)) -> np.ndarray:
-    """[N, C, H, W] float in drange -> uint8 [N, H, W, C] (x * 127.5 + 128 for [-1, 1], clamped)."""
-    lo, hi = drange
-    scaled = (images.detach().float().cpu() - lo) * (255.0 / (hi - lo)) + 0.5
-    return scaled.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """[N, C, H, W] float in drange -> uint8 [N, H, W, C] on the CPU (see quantize_uint8)."""
+    return quantize_uint8(images, drange).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def save_image_grid(images: torch.Tensor, path: str, grid_size: tuple[int, int], drange=(-1.0, 1.0)) -> None:

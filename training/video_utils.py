@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from splatting.cameras import eg3d_label
+from torch_utils.misc import images_to_uint8
 from training import camera_sampling as cs
 from training.mp4_writer import AtomicMp4Writer  # noqa: F401  (re-exported for callers of render_video)
 
@@ -184,13 +185,12 @@ class KeyframeInterpolator:
 
 # --------------------------------------------------------------------------------------------------
 # Pixels.
-def to_uint8(images: Tensor) -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] (C = 1 or 3) -> uint8 [N, H, W, 3] with round(x * 127.5 + 127.5), clamped."""
-    images = images.detach().float()
+def to_uint8(images: Tensor, drange=(-1.0, 1.0)) -> np.ndarray:
+    """[N, C, H, W] in drange (C = 1 or 3) -> RGB frames uint8 [N, H, W, 3], grey repeated (the mp4 writer and
+    still sheets take RGB); rounded by misc.quantize_uint8."""
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
-    pixels = (images * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+    return images_to_uint8(images, drange)
 
 
 def tile_grid(cells: np.ndarray, cols: int, rows: int) -> np.ndarray:

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..cache import cache_root
+
 _NAME = "gsgan_rasterize_cpu"
 _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "rasterize_cpu.cpp")]
 # -ffp-contract=off: no fused multiply-adds, so forward and backward compute bit-identical alphas
@@ -41,8 +43,7 @@ class CpuBackendUnavailable(RuntimeError):
 
 
 def _cache_root() -> str:
-    root = os.environ.get("GSGAN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "gsgan")
-    return os.path.join(root, "torch_extensions")
+    return os.path.join(cache_root(), "torch_extensions")
 
 
 def _build_key() -> str:
