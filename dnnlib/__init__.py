@@ -14,9 +14,19 @@ import sys
 import urllib.parse
 import urllib.request
 
-# One implementation each, in the standalone rasterizer package (which must not import dnnlib); re-exported here.
-from splatting.atomic import atomic_file
-from splatting.cache import cache_dir
+
+def __getattr__(name: str):
+    """atomic_file and cache_dir: one implementation each, in the standalone rasterizer package (which must not
+    import dnnlib), re-exported here lazily, so importing dnnlib does not import splatting (and torch): a benchmark
+    can still choose which checkout's splatting it measures after importing dnnlib."""
+    if name == "atomic_file":
+        from splatting.atomic import atomic_file
+        return atomic_file
+    if name == "cache_dir":
+        from splatting.cache import cache_dir
+        return cache_dir
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 LOGGER_NAME = "gsgan"
 _HANDLER_TAG = "_gsgan_handler"
@@ -51,6 +61,9 @@ def cached_file(path_or_url: str, subdir: str = "downloads", timeout: float = 60
         return path
     digest = hashlib.sha1(path_or_url.encode("utf-8")).hexdigest()[:16]
     name = os.path.basename(urllib.parse.urlparse(path_or_url).path) or "file"
+    from splatting.atomic import atomic_file
+    from splatting.cache import cache_dir
+
     target = os.path.join(cache_dir(subdir), f"{digest}_{name}")
     if os.path.isfile(target):
         return target

@@ -246,3 +246,11 @@ def test_calc_metrics_cli_reports_a_missing_cuda_device_in_one_line(monkeypatch,
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert error_lines == ["Error: Invalid value for --device: CUDA is not available on this machine; use --device "
                            "cpu"], result.output
+
+
+def test_importing_dnnlib_does_not_import_splatting():
+    """The benchmarks import dnnlib (bench/_results.py) before choosing which checkout's splatting they measure."""
+    code = "import sys, dnnlib; print('splatting' in sys.modules, 'torch' in sys.modules, dnnlib.atomic_file.__module__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False", "splatting.atomic"]
