@@ -7,6 +7,9 @@ Examples:
   # A synthetic multi-view dataset of procedural heads with FFHQ-like cameras (no download needed).
   python dataset_tool.py synth --poses ffhq --count 2000 --resolution 64 --seed 0 --dest data/heads64.zip
 \b
+  # Other objects (rings with holes, chairs on thin legs) on other backdrops (grey, white, gradient, noise).
+  python dataset_tool.py synth --family chairs --background gradient --count 2000 --resolution 16 --dest data/c16.zip
+\b
   # Images + cameras (EG3D dataset.json or a per-image JSON map) -> a dataset at 256x256.
   python dataset_tool.py convert --source raw/ --cameras cams.json --dest data/mine256.zip --resolution 256
 \b
@@ -309,15 +312,21 @@ def convert(source, dest, resolution, cameras, overwrite):
               help="Distinct objects, each seen from count/num-scenes cameras. [default: count // 4]")
 @click.option("--supersample", type=click.IntRange(1, 4), default=2, show_default=True,
               help="Rays per pixel along each axis (anti-aliasing).")
+@click.option("--family", type=click.Choice(list(synthetic_scenes.FAMILIES)), default="heads", show_default=True,
+              help="heads: smooth blobs; rings: tori with holes and strong stripes; chairs: boxes on thin legs.")
+@click.option("--background", type=click.Choice(synthetic_scenes.BACKGROUNDS), default="black", show_default=True,
+              help="Backdrop: a plain colour, a vertical gradient, or low-frequency noise (its own per object).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Render processes. [default: min(2, CPUs); 1 for small counts]")
 @click.option("--dest", required=True, metavar="ZIP", help="Output dataset (.zip).")
 @click.option("--overwrite", is_flag=True, help="Replace --dest if it exists.")
-def synth(poses, count, resolution, seed, num_scenes, supersample, workers, dest, overwrite):
-    """Synthetic multi-view dataset of procedural heads, ray cast analytically (black background).
+def synth(poses, count, resolution, seed, num_scenes, supersample, family, background, workers, dest, overwrite):
+    """Synthetic multi-view dataset of procedural objects, ray cast analytically.
 
     Image i shows scene i * num_scenes // count, so consecutive images are the same object from different
-    cameras. Identical options give identical bytes.
+    cameras. Identical options give identical bytes. dataset.json's "synthetic" entry records the options; its
+    "family" and "background" keys are written only when they are not heads / black, so the default dataset is
+    byte for byte the one earlier versions wrote (and keeps its fingerprint and metric caches).
     """
     check_dest(dest, overwrite, ".zip")
     num_scenes = max(1, count // 4) if num_scenes is None else num_scenes
@@ -327,9 +336,12 @@ def synth(poses, count, resolution, seed, num_scenes, supersample, workers, dest
         workers = 1 if count < 200 else max(1, min(2, os.cpu_count() or 1))
     labels = synthetic_scenes.synth_labels(poses, count, seed)
     scene_ids = synthetic_scenes.scene_assignment(count, num_scenes)
-    jobs = [(poses, seed, int(s), labels[i], resolution, supersample) for i, s in enumerate(scene_ids)]
-    extra = {"synthetic": {"poses": poses, "seed": seed, "num_scenes": num_scenes, "supersample": supersample,
-                           "scene_ids": scene_ids.tolist()}}
+    jobs = [(poses, seed, int(s), labels[i], resolution, supersample, family, background)
+            for i, s in enumerate(scene_ids)]
+    record = {"poses": poses, "seed": seed, "num_scenes": num_scenes, "supersample": supersample}
+    record.update({key: value for key, value, default in (("family", family, "heads"),
+                                                           ("background", background, "black")) if value != default})
+    extra = {"synthetic": {**record, "scene_ids": scene_ids.tolist()}}
     with contextlib.ExitStack() as stack:
         stack.enter_context(_interruptible())
         if workers > 1:
@@ -338,25 +350,84 @@ def synth(poses, count, resolution, seed, num_scenes, supersample, workers, dest
         else:
             images = map(synthetic_scenes.render_synth_image, jobs)
         write_dataset_zip(dest, zip(images, labels), count, extra=extra, desc="rendering")
-    click.echo(f"wrote {dest}: {count} images of {num_scenes} scenes at {resolution}x{resolution} ({poses} poses)")
+    click.echo(f"wrote {dest}: {count} images of {num_scenes} {family} scenes at {resolution}x{resolution} "
+               f"({poses} poses, {background} background)")
+
+
+def border_statistics(images: np.ndarray) -> dict:
+    """What the backdrop of images uint8 [N, 3, R, R] looks like, from each image's outer ring of pixels (width
+    R // 16, at least 1). Medians, so that an object reaching the frame (a neck, chair legs) does not count:
+    the colour (mean over images of each ring's median), the top and bottom bands' median brightness (a vertical
+    gradient shows as a difference of one sign in every image), the spread within an image (median absolute
+    deviation of the ring's brightness, averaged over images: textured backdrops) and between images (std of the
+    ring medians: backdrops that change from image to image). All in 0-255 units."""
+    n, _, res, _ = images.shape
+    width = max(1, res // 16)
+    mask = np.ones((res, res), dtype=bool)
+    mask[width:res - width, width:res - width] = False
+    pixels = images.astype(np.float64)
+    ring = pixels[:, :, mask]  # [N, 3, ring pixels]
+    per_image = np.median(ring, axis=2)  # [N, 3]
+    brightness = ring.mean(axis=1)  # [N, ring pixels]
+    spread = np.median(np.abs(brightness - np.median(brightness, axis=1, keepdims=True)), axis=1)
+    top = np.median(pixels[:, :, :width].mean(axis=1).reshape(n, -1), axis=1)
+    bottom = np.median(pixels[:, :, res - width:].mean(axis=1).reshape(n, -1), axis=1)
+    return {"width": width, "color": per_image.mean(axis=0), "top": float(top.mean()), "bottom": float(bottom.mean()),
+            "top_minus_bottom_abs": float(np.abs(top - bottom).mean()), "within": float(spread.mean()),
+            "between": float(per_image.std(axis=0).mean())}
+
+
+def describe_backdrop(stats: dict) -> str:
+    """A one-phrase reading of border_statistics (thresholds in 0-255 units)."""
+    step = stats["top"] - stats["bottom"]
+    if abs(step) >= 12 and abs(step) >= 0.7 * stats["top_minus_bottom_abs"]:
+        return f"vertical gradient ({'lighter' if step > 0 else 'darker'} at the top)"
+    if stats["within"] > 6 or stats["between"] > 6:
+        return "varied (textured, or changing from image to image)"
+    r, g, b = stats["color"]
+    level = (r + g + b) / 3
+    name = ("black" if level < 16 else "white" if level > 239 else
+            "grey" if max(r, g, b) - min(r, g, b) < 12 else "coloured")
+    return f"uniform {name}"
 
 
 @cli.command()
 @click.option("--source", required=True, metavar="DIR|ZIP", help="Dataset to check.")
 def info(source):
-    """Validate every image and label of a dataset; print its size and label statistics."""
+    """Validate every image and label of a dataset; print its size, backdrop (border) and label statistics."""
     dataset = ImageFolderDataset(source)
-    object_share = []
+    object_share, images = [], []
     for idx in tqdm(range(len(dataset)), desc="checking", unit="img", leave=False):
         image, _ = dataset[idx]
         object_share.append(float((image.max(axis=0) > 8).mean()))
+        images.append(image)
+    border = border_statistics(np.stack(images))
     click.echo(f"dataset:      {source}")
     click.echo(f"images:       {len(dataset)}")
     click.echo(f"resolution:   {dataset.resolution}x{dataset.resolution} RGB")
     click.echo(f"fingerprint:  {dataset.fingerprint()[:16]}")
+    synthetic = _synthetic_record(source)
+    if synthetic is not None:
+        click.echo(f"synthetic:    {synthetic.get('family', 'heads')} on {synthetic.get('background', 'black')} "
+                   f"({synthetic.get('poses')} poses, {synthetic.get('num_scenes')} scenes, "
+                   f"seed {synthetic.get('seed')})")
     click.echo(f"non-dark px:  mean {np.mean(object_share):.3f} (share of pixels brighter than 8/255)")
+    click.echo(f"border:       RGB {' '.join(f'{v:.1f}' for v in border['color'])} (medians of the outer "
+               f"{border['width']} px ring), top {border['top']:.1f} / bottom {border['bottom']:.1f}, spread within an "
+               f"image {border['within']:.1f}, between images {border['between']:.1f}")
+    click.echo(f"backdrop:     {describe_backdrop(border)}")
     for key, (lo, mean, hi) in label_summary(dataset.raw_labels).items():
         click.echo(f"{key + ':':<25} min {lo:8.4f}  mean {mean:8.4f}  max {hi:8.4f}")
+
+
+def _synthetic_record(source: str) -> dict | None:
+    """dataset.json's "synthetic" entry (written by `synth`), or None."""
+    try:
+        doc = json.loads(ArchiveReader(source).read(LABELS_FILE))
+    except (DatasetError, OSError, ValueError):
+        return None
+    record = doc.get("synthetic") if isinstance(doc, dict) else None
+    return record if isinstance(record, dict) else None
 
 
 cli.add_command(info, name="check")

@@ -27,9 +27,9 @@ import click
 
 from splatting.backends import BACKENDS
 from torch_utils.checkpoint import SnapshotError
-from training.config import (AUGMENT_MODES, CFG_DEFAULTS, CFG_NAMES, DEVICES, NONFINITE_MODES, AugmentConfig,
-                             ConfigError, DataConfig, DiscriminatorConfig, GeneratorConfig, LossConfig, OptimConfig,
-                             TrainConfig)
+from training.config import (AUGMENT_MODES, CFG_DEFAULTS, CFG_NAMES, DEVICES, GENERATOR_ARCHS, NONFINITE_MODES,
+                             AugmentConfig, ConfigError, DataConfig, DiscriminatorConfig, GeneratorConfig, LossConfig,
+                             OptimConfig, TrainConfig)
 from training.dataset import DatasetError, ImageFolderDataset
 from training.output_paths import OutputPathError, check_output_dir
 
@@ -146,6 +146,9 @@ def bool_option(name: str, help: str, default=None):
               help=f"Max. feature maps (G and D) [{GeneratorConfig.channel_max}].")
 @click.option("--glr", type=FiniteFloat(min=0), help=f"G learning rate [{OptimConfig.glr}; shapes: {SHAPES['glr']}].")
 @click.option("--dlr", type=FiniteFloat(min=0), help=f"D learning rate [{OptimConfig.dlr}; shapes: {SHAPES['dlr']}].")
+@click.option("--arch", type=click.Choice(list(GENERATOR_ARCHS)), default=GeneratorConfig.arch, show_default=True,
+              help="Generator: the GSGAN hierarchy, or the naive flat baseline (same mapping network and number of "
+                   "Gaussians, no hierarchy, constraints or anchors).")
 @click.option("--map-depth", type=click.IntRange(min=1), default=GeneratorConfig.map_depth, show_default=True,
               help="Mapping layers.")
 @click.option("--mbstd-group", type=click.IntRange(min=1), default=DiscriminatorConfig.mbstd_group_size,
@@ -301,7 +304,7 @@ def build_config(opts: dict, dry_run: bool = False) -> TrainConfig:
     cmax = _pick(opts, "cmax", preset, GeneratorConfig.channel_max)
     g_extra = dict(preset.get("G_extra", {}), rendering_backend=opts["backend"])
     generator = GeneratorConfig(
-        num_points=_pick(opts, "gaussian_num_pts", preset, GeneratorConfig.num_points),
+        arch=opts["arch"], num_points=_pick(opts, "gaussian_num_pts", preset, GeneratorConfig.num_points),
         res_end=_pick(opts, "res_end", preset, GeneratorConfig.res_end),
         channel_base=max(cbase // 4, 1), channel_max=cmax, map_depth=opts["map_depth"],
         gen_pose_cond=opts["gen_pose_cond"], c_scale=opts["c_scale"], start_pe=opts["start_pe"],
@@ -359,9 +362,8 @@ def planned_modules(config: TrainConfig) -> dict:
     built from the same keyword arguments as the training loop's."""
     from training.augment import AugmentPipe
     from training.discriminator import Discriminator
-    from training.generator import GSGenerator
 
-    G = build_on_meta(GSGenerator, config.generator_kwargs())
+    G = build_on_meta(config.generator_class(), config.generator_kwargs())
     D = build_on_meta(Discriminator, config.discriminator_kwargs())
     augment_pipe = None if config.augment.mode == "noaug" else build_on_meta(AugmentPipe, {})
     return {"G": G, "D": D, "G_ema": G, "augment_pipe": augment_pipe}

@@ -63,8 +63,8 @@ print(f"\n[quickstart] GAN run directory: {run}")
 print(f"[quickstart] {metric} of the untrained generator ({os.path.basename(initial['snapshot_pkl'])}): {a:.2f}")
 print(f"[quickstart] {metric} of the trained generator ({os.path.basename(final['snapshot_pkl'])}): {b:.2f}"
       f"  (ratio {b / a:.2f})")
-grids = sorted(glob.glob(os.path.join(run, "fakes*.png")))
-print(f"[quickstart] latest fakes grid: {[g for g in grids if not g.endswith('_depth.png')][-1]}")
+grids = [g for g in glob.glob(os.path.join(run, "fakes*.png")) if not g.endswith("_depth.png")]
+print(f"[quickstart] latest fakes grid: {max(grids, key=lambda g: float(os.path.basename(g)[5:-4]))}")
 for path in sorted(glob.glob(os.path.join(run, "videos", "*.mp4")) + glob.glob(os.path.join(run, "videos", "*.png"))
                    + glob.glob(os.path.join(run, "videos", "*.ply"))):
     print(f"[quickstart] wrote {path}")

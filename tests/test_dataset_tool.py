@@ -133,9 +133,83 @@ def test_synth_orbit_covers_full_circle(tmp_path):
     assert all((ds[i][0].max(axis=0) > 8).mean() > 0.15 for i in range(len(ds)))
 
 
+def _pixel_digest(path):
+    """sha256 of every image's decoded pixels, in order, and of dataset.json (PNG bytes also depend on zlib)."""
+    import hashlib
+
+    with zipfile.ZipFile(path) as zf:
+        doc = zf.read("dataset.json")
+        pixels = hashlib.sha256()
+        for name, _ in json.loads(doc)["labels"]:
+            pixels.update(np.asarray(Image.open(io.BytesIO(zf.read(name)))).tobytes())
+    return pixels.hexdigest(), hashlib.sha256(doc).hexdigest()
+
+
+def test_default_synth_is_unchanged(tmp_path):
+    """heads on black are the bytes earlier versions wrote (digests recorded before families and backdrops
+    existed), so existing datasets keep their fingerprints and metric caches."""
+    dest = tmp_path / "heads.zip"
+    ok("synth", "--poses", "ffhq", "--count", 8, "--resolution", 16, "--seed", 5, "--num-scenes", 2, "--dest", dest)
+    assert _pixel_digest(dest) == ("4c12c6065cd7cd13a5986ae8db6e41882412c7c7370b77ca296ad39f78090d0e",
+                                   "a6de699b4a217c46ddc08de7b036830a6f2c51d00af9037c9b7859912a3c595a")
+    again = tmp_path / "explicit.zip"
+    ok("synth", "--poses", "ffhq", "--count", 8, "--resolution", 16, "--seed", 5, "--num-scenes", 2,
+       "--family", "heads", "--background", "black", "--dest", again)
+    assert again.read_bytes() == dest.read_bytes()
+
+
+@pytest.mark.parametrize("family, background, backdrop", [
+    ("heads", "grey", "uniform grey"), ("rings", "white", "uniform white"), ("chairs", "black", "uniform black"),
+    ("rings", "gradient", "vertical gradient (lighter at the top)"),
+    ("chairs", "noise", "varied (textured, or changing from image to image)")])
+def test_synth_families_and_backgrounds_recorded_and_reported(family, background, backdrop, tmp_path):
+    dest = tmp_path / "data.zip"
+    ok("synth", "--count", 24, "--resolution", 16, "--family", family, "--background", background, "--seed", 1,
+       "--dest", dest)
+    doc, _ = read_zip(dest)
+    meta = doc["synthetic"]
+    assert meta.get("family", "heads") == family and meta.get("background", "black") == background
+    assert ("family" in meta) == (family != "heads") and ("background" in meta) == (background != "black")
+    result = ok("info", "--source", dest)
+    assert f"synthetic:    {family} on {background}" in result.output
+    assert f"backdrop:     {backdrop}" in result.output, result.output
+    assert "border:       RGB" in result.output
+    ds = ImageFolderDataset(str(dest))
+    corner = np.stack([ds[i][0][:, 0, 0] for i in range(len(ds))])
+    expected = {"black": 0, "grey": 128, "white": 255}
+    if background in expected:
+        assert (corner == expected[background]).all()
+
+
+def test_border_statistics_read_the_backdrop_not_the_object():
+    rng = np.random.default_rng(0)
+    images = np.full((6, 3, 16, 16), 128, dtype=np.uint8)
+    images[:, :, 4:16, 5:11] = rng.integers(0, 256, (6, 3, 12, 6))  # an object touching the bottom edge
+    stats = dataset_tool.border_statistics(images)
+    np.testing.assert_allclose(stats["color"], 128)
+    assert stats["within"] == 0 and stats["between"] == 0
+    assert dataset_tool.describe_backdrop(stats) == "uniform grey"
+    ramp = np.broadcast_to(np.linspace(220, 30, 16)[None, None, :, None], (4, 3, 16, 16)).astype(np.uint8)
+    described = dataset_tool.describe_backdrop(dataset_tool.border_statistics(ramp))
+    assert described == "vertical gradient (lighter at the top)"
+    noisy = rng.integers(0, 256, (4, 3, 16, 16), dtype=np.uint8)
+    assert dataset_tool.describe_backdrop(dataset_tool.border_statistics(noisy)).startswith("varied")
+
+
+@pytest.mark.parametrize("option, value", [("--family", "cars"), ("--background", "sky")])
+def test_synth_unknown_family_or_background(option, value, tmp_path):
+    dest = tmp_path / "out" / "x.zip"
+    dest.parent.mkdir()
+    result = run("synth", "--count", 4, option, value, "--dest", dest)
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output and value in result.output
+    assert "Traceback" not in result.output and not os.listdir(dest.parent)
+
+
 def test_info_and_contact_sheet(ffhq16, tmp_path):
     result = ok("info", "--source", ffhq16)
     assert "images:       16" in result.output and "32x32" in result.output
+    assert "synthetic:    heads on black (ffhq poses, 4 scenes, seed 3)" in result.output
+    assert "backdrop:     uniform black" in result.output
     assert "camera distance" in result.output
     ok("check", "--source", ffhq16)
     sheet = tmp_path / "sheet.png"
@@ -428,7 +502,8 @@ def _single(center, radii, rotation=None):
     return dataclasses.replace(one, centers=np.array([center], float), radii=np.array([radii], float),
                                rotations=rot[None], color_a=one.color_a[:1], color_b=one.color_b[:1],
                                texture=one.texture[:1] * 0, tex_freq=one.tex_freq[:1], tex_axis=one.tex_axis[:1],
-                               tex_phase=one.tex_phase[:1], spots=one.spots[:1], waves=one.waves[:1])
+                               tex_phase=one.tex_phase[:1], spots=one.spots[:1], waves=one.waves[:1],
+                               kind=one.kind[:1], tube=one.tube[:1])
 
 
 FRONTAL = np.array([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 3.0], [0, 0, 0, 1]])  # at (0, 0, 3), looking at -z

@@ -373,4 +373,4 @@ def test_choice_lists_are_the_registries():
     choices = {p.name: list(p.type.choices) for p in train.main.params if isinstance(p.type, click.Choice)}
     assert choices == {"cfg": list(config.CFG_NAMES), "aug": list(config.AUGMENT_MODES),
                        "backend": ["auto", *BACKENDS], "device": list(config.DEVICES),
-                       "nonfinite": list(config.NONFINITE_MODES)}
+                       "nonfinite": list(config.NONFINITE_MODES), "arch": list(config.GENERATOR_ARCHS)}

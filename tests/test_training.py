@@ -78,9 +78,11 @@ def test_one_run_writes_every_artefact(straight_run):
     assert result.status == "done" and result.cur_nimg == 12
     run_dir = result.run_dir
     files = set(os.listdir(run_dir))
-    for name in ("training_options.json", "log.txt", "stats.jsonl", "reals.png", "fakes000000.png",
-                 "fakes000000_depth.png"):
+    for name in ("training_options.json", "log.txt", "stats.jsonl", "reals.png"):
         assert name in files, name
+    # One grid (and its depth grid) per tick, named like the snapshots, none overwritten.
+    assert sorted(f for f in files if f.startswith("fakes")) == [
+        f"fakes000000.{n:03d}{suffix}.png" for n in (4, 8, 12) for suffix in ("", "_depth")]
     # One snapshot per tick, each named by its image count (below 1 kimg: thousandths), none overwritten.
     assert sorted(f for f in files if f.startswith("network-snapshot")) == [
         "network-snapshot-000000.004.pt", "network-snapshot-000000.008.pt", "network-snapshot-000000.012.pt"]
@@ -115,6 +117,24 @@ def test_resume_is_exact(straight_run, tiny_data, tmp_path):
     assert ref_tensors.keys() == got_tensors.keys()
     for name, value in ref_tensors.items():
         torch.testing.assert_close(got_tensors[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_resume_takes_this_runs_learning_rates(tiny_data, tmp_path):
+    """The Adam moments come from the snapshot, lr / betas from the resumed run's options."""
+    first = training_loop.launch(tiny_config(tiny_data, str(tmp_path), total_kimg=0.004))
+    config = tiny_config(tiny_data, str(tmp_path), total_kimg=0.008, resume=first.run_dir)
+    config = config.replace(optim=config.optim.replace(glr=1e-5, dlr=3e-5, beta2=0.9))
+    os.makedirs(tmp_path / "resumed")
+    trainer = training_loop.Trainer(config, str(tmp_path / "resumed"), 0, 1, torch.device("cpu"))
+    try:
+        trainer.setup()
+        assert [g["lr"] for g in trainer.opt_G.param_groups] == [1e-5]
+        assert trainer.opt_G.param_groups[0]["betas"][1] == 0.9
+        ratio = config.loss.r1_interval / (config.loss.r1_interval + 1)
+        assert trainer.opt_D.param_groups[0]["lr"] == pytest.approx(3e-5 * ratio)
+        assert any(state["step"] > 0 for state in trainer.opt_G.state.values())  # the moments were loaded
+    finally:
+        trainer.close()
 
 
 def test_nan_stops_with_last_good_snapshot(tiny_data, tmp_path):

@@ -36,6 +36,7 @@ MODULE_KEYS = ("G", "D", "G_ema", "augment_pipe")
 # Class name -> "module:attribute". Only these classes can ever be constructed from a snapshot.
 REGISTRY = {
     "GSGenerator": "training.generator:GSGenerator",
+    "NaiveGenerator": "training.naive_generator:NaiveGenerator",
     "Discriminator": "training.discriminator:Discriminator",
     "AugmentPipe": "training.augment:AugmentPipe",
     "CostVolumeEncoder": "reconstruction.encoder:CostVolumeEncoder",

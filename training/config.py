@@ -18,6 +18,10 @@ CFG_NAMES = ("ffhq", "afhq", "shapenet", "shapes")
 AUGMENT_MODES = ("noaug", "ada", "fixed")
 DEVICES = ("auto", "cpu", "cuda")
 NONFINITE_MODES = ("stop", "replace")
+# Generator architectures (GeneratorConfig.arch) -> their class in the snapshot registry: the GSGAN hierarchy, or the
+# naive flat baseline it is ablated against (training/naive_generator.py). Option files written before the field
+# existed are hierarchical.
+GENERATOR_ARCHS = {"hierarchical": "GSGenerator", "naive": "NaiveGenerator"}
 
 
 class ConfigError(ValueError):
@@ -129,6 +133,7 @@ class DataConfig(_Config):
 
 @dataclass(frozen=True)
 class GeneratorConfig(_Config):
+    arch: str = "hierarchical"          # --arch: a key of GENERATOR_ARCHS
     num_points: int = 256               # --gaussian_num_pts (P0)
     res_end: int = 128
     channel_base: int = 8192            # cbase / 4: the official G channel table
@@ -230,6 +235,8 @@ class TrainConfig(_Config):
             raise ConfigError(f"TrainConfig.nonfinite: expected one of {NONFINITE_MODES}, got {self.nonfinite!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"TrainConfig.device: expected one of {DEVICES}, got {self.device!r}")
+        if self.G.arch not in GENERATOR_ARCHS:
+            raise ConfigError(f"TrainConfig.G.arch: expected one of {tuple(GENERATOR_ARCHS)}, got {self.G.arch!r}")
 
     def generator_kwargs(self) -> dict:
         """GSGenerator constructor arguments (needs data.resolution)."""
@@ -240,6 +247,12 @@ class TrainConfig(_Config):
                       neural_rendering_resolution=gc.neural_rendering_resolution or res)
         kwargs.update(gc.extra)
         return kwargs
+
+    def generator_class(self) -> type:
+        """The generator class of G.arch (each takes generator_kwargs())."""
+        from torch_utils.checkpoint import registered_class
+
+        return registered_class(GENERATOR_ARCHS[self.G.arch])
 
     def discriminator_kwargs(self) -> dict:
         dc = self.D

@@ -117,9 +117,12 @@ class PhaseRunner:
         logits, feat, cam = self.run_D(out["image"], gen_c, sched["blur_sigma"])
         adv = L.generator_adv_loss(logits)
         con = self.contrastive(feat, cam)
-        anchors = out["anchors"][0].means
-        knn = L.knn_regularizer(anchors, lc.knn_k)
-        center = L.center_regularizer(anchors)
+        if out["anchors"]:
+            anchors = out["anchors"][0].means
+            knn = L.knn_regularizer(anchors, lc.knn_k)
+            center = L.center_regularizer(anchors)
+        else:  # the naive generator (--arch naive) has no anchors to regularize
+            knn = center = adv.new_zeros(())
         total = adv.mean() + lc.pose_contrastive_weight * con + lc.knn_weight * knn + lc.center_weight * center
         if inject_nan:
             total = total * float("nan")

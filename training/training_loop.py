@@ -49,6 +49,11 @@ class TrainResult:
 
 
 
+# fakes*.png render at least this many pixels per image: Gaussians are resolution-free, and a 16-px model's samples
+# show what it learned only when rendered larger (the discriminator still sees the training resolution).
+GRID_MIN_RESOLUTION = 128
+
+
 def grid_shape(config: TrainConfig, resolution: int) -> tuple[int, int]:
     """(columns, rows): official clip(7680/W, 7, 32) x clip(4320/H, 4, 32) unless config.grid_size is set."""
     if config.grid_size is not None:
@@ -98,14 +103,13 @@ class Trainer:
     def _build_networks(self) -> None:
         from training.augment import AdaController, AugmentPipe
         from training.discriminator import Discriminator
-        from training.generator import GSGenerator
 
         if self.cfg.data.resolution and self.cfg.data.resolution != self.resolution:
             raise ValueError(f"{self.cfg.data.path}: resolution {self.resolution} differs from the options' "
                              f"{self.cfg.data.resolution}")
         sized = self.cfg.replace(data=self.cfg.data.replace(resolution=self.resolution))
         g_kwargs, d_kwargs = sized.generator_kwargs(), sized.discriminator_kwargs()
-        self.G = GSGenerator(**g_kwargs).train().requires_grad_(False).to(self.device)
+        self.G = sized.generator_class()(**g_kwargs).train().requires_grad_(False).to(self.device)
         self.G.backend = g_kwargs.get("rendering_backend", "auto")  # a runtime choice: never saved in snapshots
         self.D = Discriminator(**d_kwargs).train().requires_grad_(False).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval()
@@ -149,8 +153,13 @@ class Trainer:
                                                f"but this run {'uses' if module is not None else 'does not use'} it")
             if module is not None:
                 checkpoint.load_into(module, record, path, key, ignore=("rendering_backend", "p"))
-        self.opt_G.load_state_dict(data["optimizers"]["G"])
-        self.opt_D.load_state_dict(data["optimizers"]["D"])
+        for opt, key in ((self.opt_G, "G"), (self.opt_D, "D")):
+            # The moments come from the snapshot; lr / betas / eps are this run's options (a resumed run may change
+            # them, and training_options.json records the new values).
+            settings = [{k: group[k] for k in ("lr", "betas", "eps")} for group in opt.param_groups]
+            opt.load_state_dict(data["optimizers"][key])
+            for group, kept in zip(opt.param_groups, settings):
+                group.update(kept)
         progress = data["progress"]
         self.cur_nimg, self.cur_tick = int(progress["cur_nimg"]), int(progress["cur_tick"])
         self.batch_idx = int(progress["batch_idx"])
@@ -360,7 +369,7 @@ class Trainer:
         self.tick_start_nimg = self.cur_nimg
         image_every, snap_every = self.cfg.image_snapshot_ticks, self.cfg.snapshot_ticks
         if self.rank == 0 and (final or (image_every and tick % image_every == 0)):
-            self.save_fakes(f"fakes{self.cur_nimg // 1000:06d}")
+            self.save_fakes(f"fakes{checkpoint.kimg_label(self.cur_nimg)}")
         if final or (snap_every and tick % snap_every == 0):
             path = self.write_snapshot(self.payload(), self.cur_nimg)  # the payload is freed once written
             self.last_snapshot = path if self.rank == 0 else None
@@ -401,10 +410,12 @@ class Trainer:
 
     @torch.no_grad()
     def save_fakes(self, name: str) -> None:
-        """fakesKKKKKK.png (G_ema, background on) and fakesKKKKKK_depth.png (negated depth, min-max)."""
+        """fakesKKKKKK.png (G_ema, background on) and fakesKKKKKK_depth.png (negated depth, min-max), rendered at
+        max(training resolution, GRID_MIN_RESOLUTION) per image."""
         images, depths = [], []
+        resolution = max(self.resolution, GRID_MIN_RESOLUTION)
         for z, c in zip(self.grid_z.split(self.cfg.batch_gpu), self.grid_c.split(self.cfg.batch_gpu)):
-            out = self.G_ema(z.to(self.device), c.to(self.device))
+            out = self.G_ema(z.to(self.device), c.to(self.device), neural_rendering_resolution=resolution)
             images.append(out["image"].cpu())
             depths.append(-out["image_depth"].cpu())
         depth = torch.cat(depths)
