@@ -119,6 +119,20 @@ def test_resume_is_exact(straight_run, tiny_data, tmp_path):
         torch.testing.assert_close(got_tensors[name], value, rtol=0, atol=1e-6, msg=name)
 
 
+def test_setup_errors_are_dataset_errors(tiny_data, tmp_path):
+    """User errors found in set-up are DatasetErrors: one line in the CLIs and in spawned ranks."""
+    from training.dataset import DatasetError
+
+    config = tiny_config(tiny_data, str(tmp_path))
+    unlabeled = config.replace(data=config.data.replace(use_labels=False))
+    trainer = training_loop.Trainer(unlabeled, str(tmp_path), 0, 1, torch.device("cpu"))
+    try:
+        with pytest.raises(DatasetError, match="needs camera labels"):
+            trainer.setup()
+    finally:
+        trainer.close()
+
+
 def test_resume_takes_this_runs_learning_rates(tiny_data, tmp_path):
     """The Adam moments come from the snapshot, lr / betas from the resumed run's options."""
     first = training_loop.launch(tiny_config(tiny_data, str(tmp_path), total_kimg=0.004))

@@ -82,13 +82,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
-        from training.dataset import ImageFolderDataset  # noqa: deferred so that launching stays cheap
+        from training.dataset import DatasetError, ImageFolderDataset  # noqa: deferred so that launching stays cheap
 
         dc = self.cfg.data
         self.dataset = ImageFolderDataset(dc.path, resolution=dc.resolution or None, max_size=dc.max_size,
                                           xflip=dc.mirror, use_labels=dc.use_labels)
         if not self.dataset.has_labels:
-            raise ValueError(f"{dc.path}: GSGAN needs camera labels (--cond=True)")
+            raise DatasetError(f"{dc.path}: GSGAN needs camera labels (--cond=True)")
         labels = np.stack([self.dataset.get_label(i) for i in range(len(self.dataset))])
         self.all_labels = torch.from_numpy(labels.astype(np.float32))
         self.resolution = self.dataset.resolution
@@ -105,8 +105,10 @@ class Trainer:
         from training.discriminator import Discriminator
 
         if self.cfg.data.resolution and self.cfg.data.resolution != self.resolution:
-            raise ValueError(f"{self.cfg.data.path}: resolution {self.resolution} differs from the options' "
-                             f"{self.cfg.data.resolution}")
+            from training.dataset import DatasetError  # noqa: deferred
+
+            raise DatasetError(f"{self.cfg.data.path}: resolution {self.resolution} differs from the options' "
+                               f"{self.cfg.data.resolution}")
         sized = self.cfg.replace(data=self.cfg.data.replace(resolution=self.resolution))
         g_kwargs, d_kwargs = sized.generator_kwargs(), sized.discriminator_kwargs()
         self.G = sized.generator_class()(**g_kwargs).train().requires_grad_(False).to(self.device)
