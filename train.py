@@ -1,4 +1,4 @@
-"""Train a GSGAN model (EG3D/GSGAN option names; see docs/official-gsgan.md and _scripts/train_*.sh).
+"""Train a GSGAN model (EG3D/GSGAN option names; see docs/official-release.md and _scripts/train_*.sh).
 
 Examples:
 
@@ -204,7 +204,7 @@ def bool_option(name: str, help: str, default=None):
 @click.option("--grid", type=GridType(), help="Image grid COLSxROWS [official size; shapes: 4x2].")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="Rasterizer backend.")
-@bool_option("compat", "Reproduce the official quirks (docs/official-gsgan.md).", default=TrainConfig.compat)
+@bool_option("compat", "Reproduce the official quirks (docs/official-release.md).", default=TrainConfig.compat)
 @click.option("--device", type=click.Choice(DEVICES), default=TrainConfig.device, show_default=True)
 @click.option("--nonfinite", type=click.Choice(NONFINITE_MODES), default=TrainConfig.nonfinite, show_default=True,
               help="On a NaN/inf loss or gradient: stop with a snapshot, or replace and continue (official).")

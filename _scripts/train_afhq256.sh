@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Official GSGAN AFHQ 256x256 training configuration (docs/official-gsgan.md): 4 GPUs, batch 32, 15000 kimg.
+# Official GSGAN AFHQ 256x256 training configuration (docs/official-release.md): 4 GPUs, batch 32, 15000 kimg.
 # Usage: DATA=/path/to/afhq_256.zip bash _scripts/train_afhq256.sh [more train.py options, e.g. --dry-run]
 set -euo pipefail
 DATA="${DATA:-datasets/AFHQ_256.zip}"

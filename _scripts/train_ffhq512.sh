@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Official GSGAN FFHQ 512x512 training configuration (docs/official-gsgan.md): 8 GPUs, batch 32, 15000 kimg.
+# Official GSGAN FFHQ 512x512 training configuration (docs/official-release.md): 8 GPUs, batch 32, 15000 kimg.
 # Usage: DATA=/path/to/ffhq_512.zip bash _scripts/train_ffhq512.sh [more train.py options, e.g. --dry-run]
 set -euo pipefail
 DATA="${DATA:-datasets/FFHQ_512.zip}"

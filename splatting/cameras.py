@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 LABEL_DIM = 25
-# The official code sets FoV = 12.96 "degrees" but passes it to tan(fov / 2) as radians (docs/official-gsgan.md).
+# The official code sets FoV = 12.96 "degrees" but passes it to tan(fov / 2) as radians (docs/official-release.md).
 COMPAT_FOV = 12.96
 COMPAT_TAN_HALF_FOV = math.tan(COMPAT_FOV / 2)  # 0.19940...
 # Label entries that change sign when the scene is mirrored across the world x = 0 plane (see mirror_eg3d_labels).
@@ -140,7 +140,7 @@ class Cameras:
 
         Clean (default): world_to_cam is the exact rigid inverse of the label's cam2world and K is the label's
         normalized intrinsics with row 0 times width and row 1 times height.
-        compat=True reproduces the official GSGAN renderer (docs/official-gsgan.md): the label intrinsics are ignored and
+        compat=True reproduces the official GSGAN renderer (docs/official-release.md): the label intrinsics are ignored and
         replaced by a centred pinhole with tan(half FoV) = `tan_half` on both axes (default COMPAT_TAN_HALF_FOV,
         the official 12.96 "degrees" read as radians), and world_to_cam's t_x has the wrong sign.
         validate=False skips the checks of the label values (finite, rigid, pinhole) and of the resulting cameras,

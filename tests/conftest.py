@@ -87,3 +87,32 @@ def require_cpu_backend():
 def cpu_backend():
     """splatting.backends.cpu, built; checked when a test runs, never at import or collection."""
     return require_cpu_backend()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: intra-op threads only add contention on a shared CPU. Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_only_dir(tmp_path) -> str:
+    """A folder this process cannot write into (as root, chmod does not stop writes: use a kernel folder); skips
+    the calling test where there is none."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return str(folder)
+    folder = "/sys/kernel"
+    try:
+        open(os.path.join(folder, ".gsgan-probe"), "wb").close()
+    except OSError:
+        return folder
+    os.remove(os.path.join(folder, ".gsgan-probe"))
+    pytest.skip("no read-only folder available to root here")

@@ -18,12 +18,7 @@ TINY_G = dict(img_resolution=16, z_dim=16, w_dim=16, num_points=16, res_end=16, 
 needs_cpu = pytest.mark.skipif(unavailable_reason("cpu") is not None, reason="C++ cpu backend not built here")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

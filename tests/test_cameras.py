@@ -160,7 +160,7 @@ def test_compat_quirks():
 
 
 def test_compat_matches_official_view_and_projection_recipe():
-    """Reproduce docs/official-gsgan.md literally: pose = c2w diag(1,-1,-1,1); V = inv(pose), rows 1-2 of R and all of t
+    """Reproduce docs/official-release.md literally: pose = c2w diag(1,-1,-1,1); V = inv(pose), rows 1-2 of R and all of t
     negated; 3DGS projection with P00 = P11 = 1/tan_half and ndc -> pixel ((ndc + 1) S - 1) / 2 (integer centres)."""
     c2w, _, _ = random_cameras(4, seed=8)
     width, height = 80, 64

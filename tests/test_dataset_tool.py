@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import dataset_tool
+from tests.conftest import read_only_dir
 from splatting.cameras import eg3d_label, look_at
 from training import synthetic_scenes as ss
 from training.dataset import ImageFolderDataset
@@ -388,21 +389,6 @@ def test_synth_refuses_unbounded_work_up_front(tmp_path, args, message):
     assert not os.listdir(out)
 
 
-def _read_only_dir(tmp_path):
-    """A folder this process cannot write into (as root, chmod does not stop writes: use a kernel folder)."""
-    if os.geteuid() != 0:
-        folder = tmp_path / "ro"
-        folder.mkdir()
-        folder.chmod(0o555)
-        return str(folder)
-    try:
-        open("/sys/kernel/.gsgan-probe", "wb").close()
-    except OSError:
-        return "/sys/kernel"
-    os.remove("/sys/kernel/.gsgan-probe")
-    pytest.skip("no read-only folder available to root here")
-
-
 def test_dest_that_cannot_be_written_is_refused_before_any_work(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -414,7 +400,7 @@ def test_dest_that_cannot_be_written_is_refused_before_any_work(tmp_path):
           out / "missing" / ".." / "d.zip")
     fails(tmp_path, str(out / "d.zip"), "does not exist, so the '..' after it", "contact-sheet", "--source", out,
           "--dest", out / "missing" / ".." / "s.png")
-    read_only = _read_only_dir(tmp_path)
+    read_only = read_only_dir(tmp_path)
     result = run(*synth, os.path.join(read_only, "sub", "d.zip"))
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1].startswith(f"Error: --dest: cannot write into {read_only}")

@@ -8,6 +8,7 @@ import torch
 from click.testing import CliRunner
 
 import gen_videos
+from tests.conftest import read_only_dir
 from splatting import Cameras, render
 from splatting.ply import property_names
 from torch_utils.checkpoint import save_snapshot
@@ -24,13 +25,7 @@ TINY_G = dict(img_resolution=RES, num_points=16, res_end=32, channel_base=256, c
 PRESET = vu.CAMERA_PRESETS["ffhq"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -384,24 +379,8 @@ def test_bad_snapshot_and_outdir(snapshot, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["file", "junk.pt"]
 
 
-def _read_only_dir(tmp_path):
-    """A folder this process cannot write into (as root, chmod does not stop writes: use a kernel folder)."""
-    if os.geteuid() != 0:
-        folder = tmp_path / "ro"
-        folder.mkdir()
-        folder.chmod(0o555)
-        return str(folder)
-    folder = "/sys/kernel"
-    try:
-        open(os.path.join(folder, ".gsgan-probe"), "wb").close()
-    except OSError:
-        return folder
-    os.remove(os.path.join(folder, ".gsgan-probe"))
-    pytest.skip("no read-only folder available to root here")
-
-
 def test_read_only_outdir_is_refused_up_front(snapshot, tmp_path):
-    result = run("--network", snapshot, "--outdir", os.path.join(_read_only_dir(tmp_path), "o"), "--frames", 2)
+    result = run("--network", snapshot, "--outdir", os.path.join(read_only_dir(tmp_path), "o"), "--frames", 2)
     assert result.exit_code == 2 and "cannot write into" in _error_line(result)
 
 

@@ -53,7 +53,7 @@ def test_official_gaussian_and_parameter_counts(kwargs, fg, anchors, params_offi
     assert G.num_ws == 17
     n = _num_params(G)
     # Within 1% of the official count; ours lacks the official release's dead parameters
-    # (docs/official-gsgan.md, item 14).
+    # (docs/official-release.md, item 14).
     assert abs(n - params_official) / params_official < 0.01, n
     assert n < params_official
 

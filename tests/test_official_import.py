@@ -44,12 +44,7 @@ BUFFERS = {"w_avg", "resample_filter", "dataset_label_std", "scale_init", "scale
 CONTAINERS = {"blocks", "out_layers", "network", "resblocks", "conv_w", "conv_x"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def average_gradients(params: Iterable[torch.nn.Parameter], extra: Tensor) -> tu
 
 @torch.no_grad()
 def replace_nonfinite_(params: Iterable[torch.nn.Parameter]) -> None:
-    """NaN -> 0, +inf -> 1e5, -inf -> -1e5 in every gradient (docs/official-gsgan.md, after the all-reduce)."""
+    """NaN -> 0, +inf -> 1e5, -inf -> -1e5 in every gradient (docs/official-release.md, after the all-reduce)."""
     for p in params:
         if p.grad is not None:
             torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
@@ -131,7 +131,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     sum_grads=True: the gradients of the slice from every rank's copy of the loss are summed (all-reduce), so the
     gradient is exact for a loss every rank computes on the gathered batch. sum_grads=False keeps only the local
-    copy's gradient, which reproduces the official GatherLayer (effective weight 1/world size, docs/official-gsgan.md).
+    copy's gradient, which reproduces the official GatherLayer (effective weight 1/world size, docs/official-release.md).
     """
 
     @staticmethod

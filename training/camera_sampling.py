@@ -1,6 +1,6 @@
 """Camera poses for training and videos: EG3D's yaw/pitch samplers, FFHQ pose augmentation, video trajectories.
 
-Parameterisation (EG3D, docs/official-gsgan.md): yaw h and "vertical" angle v, both pi/2 for the frontal camera. v is
+Parameterisation (EG3D, docs/official-release.md): yaw h and "vertical" angle v, both pi/2 for the frontal camera. v is
 clamped to [1e-5, pi - 1e-5] and mapped to the polar angle phi = arccos(1 - 2 v / pi); the camera sits at
     origin = radius * (sin(phi) cos(pi - h), cos(phi), sin(phi) sin(pi - h))
 on the sphere around the *world origin* (EG3D adds no look-at offset to the position), and looks at `lookat`
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from splatting.cameras import LABEL_DIM, eg3d_label, look_at
 
-# Per-dataset camera constants (docs/official-gsgan.md).
+# Per-dataset camera constants (docs/official-release.md).
 FFHQ_FOCAL = 4.2647              # normalized focal length of the FFHQ / AFHQ labels
 FFHQ_RADIUS = 2.7                # camera distance from the world origin
 FFHQ_PIVOT = (0.0, 0.0, 0.2)     # look-at point for FFHQ videos
@@ -28,14 +28,14 @@ SHAPENET_RADIUS = 1.7
 SHAPENET_FOCAL = 1.7074
 SHAPENET_PIVOT = (0.0, 0.0, 0.0)
 
-# FFHQ pose augmentation (docs/official-gsgan.md): yaw ~ N(pi/2, yaw_std), v ~ U(v_mean +- v_half_range).
+# FFHQ pose augmentation (docs/official-release.md): yaw ~ N(pi/2, yaw_std), v ~ U(v_mean +- v_half_range).
 FFHQ_AUG_YAW_STD_DEG = 16.6108
 FFHQ_AUG_PITCH_HALF_RANGE_DEG = 3 * 7.44043
 FFHQ_AUG_PITCH_OFFSET_DEG = 5.15961   # v_mean = pi/2 - this
 COMPAT_PI = 3.14                      # the official code writes pi as 3.14 in these constants
 POLAR_EPS = 1e-5                      # v is clamped to [POLAR_EPS, pi - POLAR_EPS]
 
-# Video trajectory (docs/official-gsgan.md): yaw = pi/2 + 0.35 sin(2 pi t/T), v = pi/2 - 0.05 + 0.25 cos(2 pi t/T).
+# Video trajectory (docs/official-release.md): yaw = pi/2 + 0.35 sin(2 pi t/T), v = pi/2 - 0.05 + 0.25 cos(2 pi t/T).
 VIDEO_YAW_AMPLITUDE = 0.35
 VIDEO_PITCH_AMPLITUDE = 0.25
 VIDEO_PITCH_OFFSET = -0.05
@@ -118,7 +118,7 @@ def sample_cam2world(batch_size: int, horizontal_mean: float, vertical_mean: flo
 
 def ffhq_pose_augmentation(labels: Tensor, prob: float, generator: torch.Generator | None = None,
                            compat: bool = False, radius: float = FFHQ_RADIUS, lookat=(0.0, 0.0, 0.0)) -> Tensor:
-    """New labels [B, 25]: each row replaced with probability `prob` by a random FFHQ-like camera (docs/official-gsgan.md).
+    """New labels [B, 25]: each row replaced with probability `prob` by a random FFHQ-like camera (docs/official-release.md).
 
     The replacement has yaw ~ N(PI/2, (PI * 16.6108/180)^2) and v ~ U(m +- PI * 3 * 7.44043/180) with
     m = PI/2 - PI * 5.15961/180, sits at `radius` around the world origin, looks at `lookat` and keeps the
@@ -153,7 +153,7 @@ def ffhq_pose_augmentation(labels: Tensor, prob: float, generator: torch.Generat
 
 def frontal_label(radius: float = FFHQ_RADIUS, lookat=(0.0, 0.0, 0.0), focal: float = FFHQ_FOCAL,
                   compat: bool = False, device="cpu", dtype: torch.dtype = torch.float32) -> Tensor:
-    """[25] label of the frontal camera (yaw = v = PI/2), used to condition ws for videos (docs/official-gsgan.md)."""
+    """[25] label of the frontal camera (yaw = v = PI/2), used to condition ws for videos (docs/official-release.md)."""
     pi = COMPAT_PI if compat else math.pi
     angle = torch.tensor(pi / 2, dtype=dtype, device=device)
     focal = _check_real("focal", focal, 0.0, strict=True)
@@ -164,7 +164,7 @@ def video_trajectory_label(t, num_frames: int, radius: float = FFHQ_RADIUS, look
                            focal: float = FFHQ_FOCAL, yaw_amplitude: float = VIDEO_YAW_AMPLITUDE,
                            pitch_amplitude: float = VIDEO_PITCH_AMPLITUDE, pitch_offset: float = VIDEO_PITCH_OFFSET,
                            compat: bool = False, device="cpu", dtype: torch.dtype = torch.float32) -> Tensor:
-    """Label(s) of frame `t` (int -> [25], tensor [...] -> [..., 25]) of the official video loop (docs/official-gsgan.md).
+    """Label(s) of frame `t` (int -> [25], tensor [...] -> [..., 25]) of the official video loop (docs/official-release.md).
 
     yaw = PI/2 + yaw_amplitude sin(2 PI t/T), v = PI/2 + pitch_offset + pitch_amplitude cos(2 PI t/T).
     """

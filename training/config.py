@@ -1,7 +1,7 @@
 """Typed, frozen training options. `TrainConfig.from_dict` rejects unknown keys and wrong types, and
 `to_json`/`from_json` round-trip exactly: training_options.json plus the seed reproduce a run.
 
-Defaults are the official GSGAN values (docs/official-gsgan.md). G's channel table defaults to channel_base 8192 =
+Defaults are the official GSGAN values (docs/official-release.md). G's channel table defaults to channel_base 8192 =
 cbase/4 with channel_max 512, which reproduces the official hard-coded table {4..16: 512, 32: 256, >=64: 128}.
 """
 from __future__ import annotations
@@ -199,7 +199,7 @@ class AugmentConfig(_Config):
 class TrainConfig(_Config):
     version: int = CONFIG_VERSION
     cfg: str = "ffhq"
-    compat: bool = False                # reproduce the official quirks (docs/official-gsgan.md)
+    compat: bool = False                # reproduce the official quirks (docs/official-release.md)
     outdir: str = ""
     desc: str = ""
     seed: int = 0
@@ -286,7 +286,7 @@ class TrainConfig(_Config):
             raise ConfigError("--gpc_reg_prob and --prob_uniform must be probabilities in [0, 1]")
 
 
-# Per --cfg defaults (docs/official-gsgan.md): dry-run resolution when no dataset is given, and option defaults that the
+# Per --cfg defaults (docs/official-release.md): dry-run resolution when no dataset is given, and option defaults that the
 # official scripts set explicitly anyway. `shapes` is the built-in synthetic dataset with a small CPU model.
 CFG_DEFAULTS = {
     "ffhq": {"resolution": 512, "gpc_reg_prob": 0.5, "center_dists": 1.0, "prob_uniform": 0.5},

@@ -1,4 +1,4 @@
-"""GSGAN losses, regularizers and training schedules (docs/official-gsgan.md).
+"""GSGAN losses, regularizers and training schedules (docs/official-release.md).
 
 Pure functions on tensors; the phase functions that combine them with G and D live in training/steps.py.
 Schedules are functions of the image count n so that resuming from a saved count continues them exactly;

@@ -4,7 +4,7 @@ training/official_pickle.py reads the file safely (no code from it is ever execu
 dicts of G_ema (and G, D) are read off the recorded `_parameters` / `_buffers` / `_modules` trees, the architecture is
 derived from `_init_kwargs` and the tensor shapes (compat=True), official names are mapped one-to-one onto gsgan's,
 the official constant buffers are checked against gsgan's constants (not loaded), dead official tensors are dropped,
-and the result is loaded with strict=True into a gsgan snapshot dict (docs/official-gsgan.md).
+and the result is loaded with strict=True into a gsgan snapshot dict (docs/official-release.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The three training phases (docs/official-gsgan.md): Gmain, Dmain and Dreg (lazy R1 every r1_interval iterations).
+"""The three training phases (docs/official-release.md): Gmain, Dmain and Dreg (lazy R1 every r1_interval iterations).
 
 Each phase function runs forward + backward for one round of per-process data and clips the gradients per
 process, exactly where the official code does; the optimizer step, the cross-process all-reduce and the
@@ -173,7 +173,7 @@ class PhaseRunner:
 
     def discriminator_reg(self, data: PhaseData, cur_nimg: int, scale: float = 1.0) -> Tensor:
         """Dreg: lazy R1 with gain r1_interval, gradient w.r.t. the real image before blur and augmentation.
-        compat also re-adds the real pose-contrastive loss with the same gain (docs/official-gsgan.md)."""
+        compat also re-adds the real pose-contrastive loss with the same gain (docs/official-release.md)."""
         lc, sched = self.loss_cfg, self.schedule(cur_nimg)
         gain = float(lc.r1_interval)
         real = data.real_img.detach().requires_grad_(True)

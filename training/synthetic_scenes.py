@@ -504,7 +504,7 @@ def coverage(scene: Scene, cam2world: np.ndarray, intrinsics: np.ndarray, resolu
 # ----------------------------------------------------------------------------------------------------------
 # Synthetic multi-view datasets (used by `dataset_tool.py synth`)
 
-# Camera rigs. ffhq: the FFHQ pose distribution of docs/official-gsgan.md (radius 2.7, focal 4.2647), which sees only
+# Camera rigs. ffhq: the FFHQ pose distribution of docs/official-release.md (radius 2.7, focal 4.2647), which sees only
 # about +-0.32 around the origin, so heads are ~0.27 in size; orbit: ShapeNet-like full turn (radius 1.7, focal
 # 1.7074, about +-0.5 visible) with a pitch band of +-ORBIT_PITCH_HALF_RANGE around the equator. backdrop_span: the
 # elevation (radians) over which a gradient backdrop runs from bottom to top colour, and the length scale of the noise

@@ -45,7 +45,7 @@ class CameraPreset:
     trajectory: str  # default trajectory for this kind of data
 
 
-# Camera rigs of docs/official-gsgan.md. "shapes" (synthetic data) uses the FFHQ rig unless told otherwise.
+# Camera rigs of docs/official-release.md. "shapes" (synthetic data) uses the FFHQ rig unless told otherwise.
 CAMERA_PRESETS = {
     "ffhq": CameraPreset(cs.FFHQ_RADIUS, cs.FFHQ_PIVOT, cs.FFHQ_FOCAL, "ffhq"),
     "afhq": CameraPreset(cs.FFHQ_RADIUS, cs.AFHQ_PIVOT, cs.FFHQ_FOCAL, "ffhq"),
@@ -116,7 +116,7 @@ def seed_latents(seeds: list[int], z_dim: int) -> Tensor:
 
 
 def conditioning_label(preset: CameraPreset, compat: bool = False) -> Tensor:
-    """[25] frontal camera looking at the preset's pivot: the camera ws are conditioned on (docs/official-gsgan.md)."""
+    """[25] frontal camera looking at the preset's pivot: the camera ws are conditioned on (docs/official-release.md)."""
     return cs.frontal_label(radius=preset.radius, lookat=preset.lookat, focal=preset.focal, compat=compat)
 
 

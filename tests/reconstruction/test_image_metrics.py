@@ -18,12 +18,7 @@ skimage_data = pytest.importorskip("skimage.data")
 structural_similarity = pytest.importorskip("skimage.metrics").structural_similarity
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_pairs():
