@@ -28,6 +28,7 @@ from metrics import metric_main, metric_utils
 from splatting.backends import BACKENDS
 from metrics.detector import DetectorError
 from metrics.metric_utils import MetricError
+from training.precision import DTYPES, FORCE_ENV
 
 
 def parse_metric_list(ctx, param, value: str) -> list[str]:
@@ -76,12 +77,23 @@ def check_backend(backend: str, device) -> str:
         raise click.BadParameter(str(error), param_hint="--backend") from None
 
 
-def load_generator(snapshot_path: str, device, backend: str = "auto"):
-    """(snapshot, G_ema) with G_ema rendering through `backend` (a runtime choice, not the snapshot's)."""
+def check_dtype(dtype: str, device) -> str:
+    """--dtype bf16 must be native on `device` (or forced with GSGAN_FORCE_BF16=1), refused before any work."""
+    from training.precision import PrecisionError, check_dtype_usable
+    try:
+        return check_dtype_usable(dtype, device)
+    except PrecisionError as error:
+        raise click.BadParameter(str(error), param_hint="--dtype") from None
+
+
+def load_generator(snapshot_path: str, device, backend: str = "auto", dtype: str = "fp32"):
+    """(snapshot, G_ema) with G_ema rendering through `backend` and running its feature networks in `dtype`
+    (runtime choices, not the snapshot's)."""
     from torch_utils import checkpoint
     snapshot = checkpoint.load_snapshot(snapshot_path, device=device)
     G = snapshot["G_ema"]
     G.backend = backend
+    G.inference_dtype = dtype
     return snapshot, G
 
 
@@ -114,7 +126,7 @@ def run_metrics(rank: int, args: dict, G=None) -> list[str]:
         device = torch.device("cuda", rank)
         torch.cuda.set_device(device)
     if G is None:
-        _snapshot, G = load_generator(args["snapshot"], device, args["backend"])
+        _snapshot, G = load_generator(args["snapshot"], device, args["backend"], args["dtype"])
     lines = []
     for metric in args["metrics"]:
         result = metric_main.calc_metric(metric, G=G, dataset_kwargs=args["dataset_kwargs"],
@@ -155,21 +167,26 @@ def _worker(rank: int, args: dict, init_file: str) -> None:
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
               help="Rasterizer (any snapshot renders with any backend; auto follows GSGAN_BACKEND, then gsplat on "
                    "CUDA, cpu on CPU).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="fp32", show_default=True,
+              help="Precision of the generator's feature networks; bf16 only where the device computes it natively "
+                   f"(CUDA, CPUs with AVX-512 BF16 / AMX), else refused unless {FORCE_ENV}=1.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated samples.")
 @click.option("--cache/--no-cache", default=True, show_default=True, help="Reuse cached real-image statistics.")
 @click.option("--cache-dir", default=None, metavar="DIR",
               help="Cache folder (statistics in DIR/gan-metrics, downloads) [default: $GSGAN_CACHE_DIR or "
                    "~/.cache/gsgan].")
 @click.option("--dry-run", is_flag=True, help="Check the inputs and print the plan, compute nothing.")
-def main(metrics, network, data, gpus, detector, allow_small, device, backend, seed, cache, cache_dir, dry_run):
+def main(metrics, network, data, gpus, detector, allow_small, device, backend, dtype, seed, cache, cache_dir,
+         dry_run):
     from torch_utils import checkpoint
     try:
         dev = resolve_device(device, gpus)
         check_backend(backend, dev)
+        check_dtype(dtype, dev)
         snapshot_path = checkpoint.resolve_snapshot(network)
-        snapshot, G = load_generator(snapshot_path, dev if gpus == 1 else "cpu", backend)
+        snapshot, G = load_generator(snapshot_path, dev if gpus == 1 else "cpu", backend, dtype)
         args = dict(metrics=metrics, snapshot=snapshot_path, dataset_kwargs=dataset_kwargs_for(snapshot, data,
-                    snapshot_path), gpus=gpus, device=dev.type, backend=backend, detector=detector,
+                    snapshot_path), gpus=gpus, device=dev.type, backend=backend, dtype=dtype, detector=detector,
                     allow_small=allow_small, seed=seed, cache=cache, cache_dir=cache_dir)
         for note in precheck(args, G, dev if gpus == 1 else "cpu"):
             click.echo(f"note: {note}", err=True)

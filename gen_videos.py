@@ -15,6 +15,7 @@ import click
 
 from splatting.backends import BACKENDS
 from splatting.ply import MAX_SH_DEGREE, PLY_FRAMES
+from training.precision import DTYPES, FORCE_ENV
 from viewer.cli import view
 from training.generator import COMPAT_TRUNCATION_CUTOFF
 from training.mp4_writer import check_bitrate, check_fps
@@ -102,30 +103,19 @@ def _device(name: str):
 
 def _gs_params(G, res_visualize, point_index, num_init_near_point, visualize_anchor, opacity_ones, rendering_scale,
                disable_background, camera_cond):
-    """GSParams for G, every value checked against G here so a bad flag fails before any rendering."""
-    from training.generator import GSParams
+    """GSParams for G, checked against G (GSParams.check_for) so that a bad flag fails before any rendering, as
+    the one-line usage error of its option (the options are named like the GSParams fields)."""
+    from training.gs_params import GSParams, GSParamsError
 
-    counts = G.gaussian_counts()
-    levels = counts["anchor_levels"] if visualize_anchor else counts["levels"]
-    what = "anchor levels (--visualize_anchor)" if visualize_anchor else "levels"
-    if res_visualize and max(res_visualize) >= len(levels):
-        raise click.BadParameter(f"level {max(res_visualize)} out of range: this generator has {len(levels)} "
-                                 f"{what}, 0-{len(levels) - 1}", param_hint="'--res_visualize'")
-    if point_index and max(point_index) >= counts["levels"][0]:
-        raise click.BadParameter(f"{max(point_index)} out of range: this generator has {counts['levels'][0]} "
-                                 f"initial points", param_hint="'--point_index'")
-    if num_init_near_point is not None:
-        if not point_index or len(point_index) != 1:
-            raise click.BadParameter("needs exactly one --point_index (the centre point)",
-                                     param_hint="'--num_init_near_point'")
-        if not 1 <= num_init_near_point <= counts["levels"][0]:
-            raise click.BadParameter(f"expected 1..{counts['levels'][0]} (the number of initial points), got "
-                                     f"{num_init_near_point}", param_hint="'--num_init_near_point'")
-    return GSParams(res_visualize=tuple(res_visualize) if res_visualize else None,
-                    point_index=tuple(point_index) if point_index else None,
-                    num_init_near_point=num_init_near_point, visualize_anchor=visualize_anchor,
-                    opacity_ones=opacity_ones, rendering_scale=rendering_scale,
-                    disable_background=disable_background, camera_cond=camera_cond)
+    try:
+        gs_params = GSParams(res_visualize=res_visualize or None, point_index=point_index or None,
+                             num_init_near_point=num_init_near_point, visualize_anchor=visualize_anchor,
+                             opacity_ones=opacity_ones, rendering_scale=rendering_scale,
+                             disable_background=disable_background, camera_cond=camera_cond)
+        gs_params.check_for(G.gaussian_counts())
+    except GSParamsError as error:
+        raise click.BadParameter(error.reason, param_hint=f"'--{error.field}'") from None
+    return gs_params
 
 
 @cli.command("videos")
@@ -156,6 +146,9 @@ def _gs_params(G, res_visualize, point_index, num_init_near_point, visualize_anc
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="rasterizer (any snapshot renders with any backend; auto follows GSGAN_BACKEND, then gsplat on "
                    "CUDA, cpu on CPU)")
+@click.option("--dtype", type=click.Choice(DTYPES), default="fp32", show_default=True,
+              help="precision of the generator's feature networks; bf16 only where the device computes it natively "
+                   f"(CUDA, CPUs with AVX-512 BF16 / AMX), else refused unless {FORCE_ENV}=1")
 @click.option("--video/--no-video", default=True, show_default=True, help="write the grid video")
 @click.option("--ply/--no-ply", default=True, show_default=True, help="write seedNNNN.ply (frontal-view Gaussians)")
 @click.option("--ply-frame", type=click.Choice(PLY_FRAMES), default="opencv", show_default=True,
@@ -182,7 +175,7 @@ def _gs_params(G, res_visualize, point_index, num_init_near_point, visualize_anc
               help="fixed colour view direction (0, 0, -1): colours do not change with the camera")
 @click.option("--dry-run", is_flag=True, help="check the options and the snapshot, list the outputs, render nothing")
 def videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_frames, fps, bitrate, camera_preset,
-           trajectory, image_mode, nrr, device, backend, video, ply, ply_frame, ply_sh_degree, images, dry_run,
+           trajectory, image_mode, nrr, device, backend, dtype, video, ply, ply_frame, ply_sh_degree, images, dry_run,
            **gs_flags):
     """Orbit video of a grid of seeds (default command), plus a .ply per seed and optional still images."""
     from torch_utils.run_control import install_stop_handlers, restore_handlers
@@ -190,8 +183,8 @@ def videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_
     previous = install_stop_handlers(_raise_interrupt)  # SIGTERM cleans up like Ctrl+C
     try:
         _videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_frames, fps, bitrate,
-                camera_preset, trajectory, image_mode, nrr, device, backend, video, ply, ply_frame, ply_sh_degree,
-                images, dry_run, gs_flags)
+                camera_preset, trajectory, image_mode, nrr, device, backend, dtype, video, ply, ply_frame,
+                ply_sh_degree, images, dry_run, gs_flags)
     finally:
         restore_handlers(previous)
 
@@ -204,6 +197,16 @@ def _check_backend(backend: str, device):
         return check_backend_usable(backend, device)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="'--backend'") from None
+
+
+def _check_dtype(dtype: str, device):
+    """bf16 must be native on `device` (or forced): refused before the snapshot is loaded."""
+    from training.precision import PrecisionError, check_dtype_usable
+
+    try:
+        return check_dtype_usable(dtype, device)
+    except PrecisionError as error:
+        raise click.BadParameter(str(error), param_hint="'--dtype'") from None
 
 
 def _load_generator(network: str, device):
@@ -221,7 +224,7 @@ def _load_generator(network: str, device):
 
 
 def _videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_frames, fps, bitrate, camera_preset,
-            trajectory, image_mode, nrr, device, backend, video, ply, ply_frame, ply_sh_degree, images, dry_run,
+            trajectory, image_mode, nrr, device, backend, dtype, video, ply, ply_frame, ply_sh_degree, images, dry_run,
             gs_flags):
     from training import media_export, video_utils as vu
 
@@ -236,9 +239,11 @@ def _videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num
         raise click.BadParameter(str(error).removeprefix("--outdir: "), param_hint="'--outdir'") from None
     device = _device(device)
     _check_backend(backend, device)
+    _check_dtype(dtype, device)
 
     snapshot, G = _load_generator(network, device)
     G.backend = backend
+    G.inference_dtype = dtype
     gs_params = _gs_params(G, **gs_flags)
     camera_preset = camera_preset or vu.preset_for_snapshot(snapshot)
     preset = CAMERA_PRESETS[camera_preset]
@@ -249,7 +254,7 @@ def _videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num
     resolution = nrr or G.neural_rendering_resolution
     if dry_run:
         cells = cols * rows
-        click.echo(f"device {device}, backend {backend}, cameras {camera_preset}, trajectory "
+        click.echo(f"device {device}, backend {backend}, dtype {dtype}, cameras {camera_preset}, trajectory "
                    f"{trajectory}, {len(seeds)} seed(s) on a {cols}x{rows} grid ({len(seeds) // cells} keyframe(s) "
                    f"per cell), render resolution {resolution}")
         if video:

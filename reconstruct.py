@@ -131,6 +131,8 @@ def cli():
               help="Rasterizer backend.")
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers per process [re10k 4; scenes 1].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate [2e-4].")
+@click.option("--densify-lr", type=click.FloatRange(min=0, min_open=True),
+              help="Peak learning rate of the densifier's parameters [--lr].")
 @click.option("--lpips-weight", type=click.FloatRange(min=0), help="LPIPS-VGG loss weight [re10k 0.05; scenes 0].")
 @click.option("--lpips-after", type=click.IntRange(min=0), default=0, show_default=True,
               help="Use the LPIPS term from this step on.")
@@ -184,14 +186,15 @@ def build_train_options(opts: dict):
         "resume": opts["resume"] or "", "init": opts["init"] or "",
         "data.path": os.path.abspath(opts["data"]) if opts["data"] else "", "data.workers": opts["workers"],
         "data.image_shape": opts["resolution"], "model.preset": opts["model_preset"],
-        "model.backend": opts["backend"], "optim.lr": opts["lr"], "loss.lpips_weight": opts["lpips_weight"],
+        "model.backend": opts["backend"], "optim.lr": opts["lr"], "optim.densify_lr": opts.get("densify_lr"),
+        "loss.lpips_weight": opts["lpips_weight"],
         "loss.lpips_after": opts["lpips_after"], "sampler.warmup_steps": opts["gap_warmup"],
     }
     model_args = parse_model_args(opts["model_args"])
     if model_args:
         overrides["model.overrides"] = model_args
     densify_given = [name for name, key in (("--densify-preset", "densify_preset"), ("--densify-arg", "densify_args"),
-                                            ("--k-num", "k_num")) if opts.get(key)]
+                                            ("--k-num", "k_num"), ("--densify-lr", "densify_lr")) if opts.get(key)]
     if densify_given and not opts.get("densify"):
         raise click.BadParameter(f"{', '.join(densify_given)} given without --densify", param_hint="--densify")
     if opts.get("densify"):
@@ -209,7 +212,7 @@ def build_encoder_meta(options):
     """The encoder of the options, on the meta device when its constructor allows (sizes without weights)."""
     import torch
 
-    from reconstruction.loop import build_encoder
+    from reconstruction.train_setup import build_encoder
 
     try:
         with torch.device("meta"):
@@ -224,7 +227,7 @@ def build_densifier_meta(options, encoder):
     """The densifier of the options (None when off) for `encoder`, on the meta device when its constructor allows."""
     import torch
 
-    from reconstruction.loop import build_densifier
+    from reconstruction.train_setup import build_densifier
 
     if not options.densify.enabled:
         return None

@@ -27,9 +27,9 @@ import click
 
 from splatting.backends import BACKENDS
 from torch_utils.checkpoint import SnapshotError
-from training.config import (AUGMENT_MODES, CFG_DEFAULTS, CFG_NAMES, DEVICES, GENERATOR_ARCHS, NONFINITE_MODES,
-                             AugmentConfig, ConfigError, DataConfig, DiscriminatorConfig, GeneratorConfig, LossConfig,
-                             OptimConfig, TrainConfig)
+from training.config import (AUGMENT_MODES, BACKDROP_MODES, CFG_DEFAULTS, CFG_NAMES, DEVICES, GENERATOR_ARCHS,
+                             NONFINITE_MODES, AugmentConfig, ConfigError, DataConfig, DiscriminatorConfig,
+                             GeneratorConfig, LossConfig, OptimConfig, TrainConfig)
 from training.dataset import DatasetError, ImageFolderDataset
 from training.output_paths import OutputPathError, check_output_dir
 
@@ -149,6 +149,10 @@ def bool_option(name: str, help: str, default=None):
 @click.option("--arch", type=click.Choice(list(GENERATOR_ARCHS)), default=GeneratorConfig.arch, show_default=True,
               help="Generator: the GSGAN hierarchy, or the naive flat baseline (same mapping network and number of "
                    "Gaussians, no hierarchy, constraints or anchors).")
+@click.option("--backdrop", type=click.Choice(BACKDROP_MODES),
+              help=f"What G draws behind the object: off (black), field (a learned backdrop at infinity, starting "
+                   f"from the dataset's border colour), auto (off on a uniform black border, else field; with "
+                   f"--resume: the snapshot's) [{GeneratorConfig.backdrop}; shapes: {SHAPES['backdrop']}].")
 @click.option("--map-depth", type=click.IntRange(min=1), default=GeneratorConfig.map_depth, show_default=True,
               help="Mapping layers.")
 @click.option("--mbstd-group", type=click.IntRange(min=1), default=DiscriminatorConfig.mbstd_group_size,
@@ -285,6 +289,48 @@ def resolve_data(opts: dict, preset: dict, dry_run: bool) -> DataConfig:
                       use_labels=opts["cond"], workers=workers, fingerprint=fingerprint)
 
 
+# Images whose outer ring decides --backdrop (evenly spaced over the dataset): enough for the medians of
+# dataset_tool.border_statistics, few enough to read in a moment at any resolution.
+BACKDROP_SAMPLE_IMAGES = 64
+
+
+def resolve_backdrop(opts: dict, preset: dict, data: DataConfig) -> tuple[str, tuple[float, float, float]]:
+    """(--backdrop resolved to off / field, its starting colour). The dataset's border (the reading of
+    `dataset_tool.py info`) decides auto and gives field its colour; with --resume, auto takes the snapshot's
+    choice, so runs started before the option existed resume as they were. No dataset to read (a dry run
+    without --data): auto is off, the colour black."""
+    mode = _pick(opts, "backdrop", preset, GeneratorConfig.backdrop)
+    if mode == "off":
+        return mode, GeneratorConfig.backdrop_color
+    if mode == "auto" and opts.get("resume"):
+        from torch_utils.checkpoint import read_snapshot_dict, resolve_snapshot
+
+        try:
+            kwargs = read_snapshot_dict(resolve_snapshot(opts["resume"]))["G"]["init_kwargs"]
+        except SnapshotError as error:
+            raise click.BadParameter(str(error), param_hint="--resume") from None
+        except (KeyError, TypeError):  # not a training snapshot: check_resume names what is wrong
+            return "off", GeneratorConfig.backdrop_color
+        return kwargs.get("backdrop", "off"), tuple(kwargs.get("backdrop_color", GeneratorConfig.backdrop_color))
+    if not data.path or not os.path.exists(data.path):
+        return ("off" if mode == "auto" else mode), GeneratorConfig.backdrop_color
+    import numpy as np
+
+    import dataset_tool
+
+    dataset = ImageFolderDataset(data.path, use_labels=False)
+    try:
+        picks = np.unique(np.linspace(0, len(dataset) - 1, BACKDROP_SAMPLE_IMAGES).round().astype(int))
+        stats = dataset_tool.border_statistics(np.stack([dataset[int(i)][0] for i in picks]))
+    finally:
+        dataset.close()
+    if mode == "auto":
+        mode = "off" if dataset_tool.describe_backdrop(stats) == "uniform black" else "field"
+    color = tuple(round(float(v) / 255, 4) for v in stats["color"]) if mode == "field" else \
+        GeneratorConfig.backdrop_color
+    return mode, color
+
+
 def build_config(opts: dict, dry_run: bool = False) -> TrainConfig:
     """The full TrainConfig from CLI options (cfg presets filled in, every other default the config dataclasses'),
     validated before any expensive work: options, output folder, dataset, --resume snapshot, device, backend."""
@@ -303,12 +349,14 @@ def build_config(opts: dict, dry_run: bool = False) -> TrainConfig:
     cbase = _pick(opts, "cbase", preset, DiscriminatorConfig.channel_base)
     cmax = _pick(opts, "cmax", preset, GeneratorConfig.channel_max)
     g_extra = dict(preset.get("G_extra", {}), rendering_backend=opts["backend"])
+    backdrop, backdrop_color = resolve_backdrop(opts, preset, data)
     generator = GeneratorConfig(
         arch=opts["arch"], num_points=_pick(opts, "gaussian_num_pts", preset, GeneratorConfig.num_points),
         res_end=_pick(opts, "res_end", preset, GeneratorConfig.res_end),
         channel_base=max(cbase // 4, 1), channel_max=cmax, map_depth=opts["map_depth"],
         gen_pose_cond=opts["gen_pose_cond"], c_scale=opts["c_scale"], start_pe=opts["start_pe"],
-        neural_rendering_resolution=opts.get("nrr") or data.resolution, extra=g_extra)
+        neural_rendering_resolution=opts.get("nrr") or data.resolution, backdrop=backdrop,
+        backdrop_color=backdrop_color, extra=g_extra)
     discriminator = DiscriminatorConfig(channel_base=cbase, channel_max=cmax, mbstd_group_size=opts["mbstd_group"],
                                         num_fp16_res=opts["d_num_fp16_res"])
     loss = LossConfig(

@@ -6,7 +6,8 @@
 The protocol, on the built-in scenes' test split (scenes never seen in training):
   1. calibrate: a trainer of the base alone and one of base + densifier (the very `reconstruct.py train`
      trainers, from BASE) take training steps in turn in one process, so both see the same machine load; the
-     medians give t_a and t_b, seconds per step;
+     medians give t_a and t_b, seconds per step, at the threads each run will get (--threads: one per run
+     when they run side by side, so calibration and runs see the same compute);
   2. continue from BASE for the same wall time: (a) the base alone for N_a = --steps-a steps, (b) base +
      densifier (`--densify --resume BASE`, a fine-tune) for N_b = round(N_a t_a / t_b) steps. Step counts rather
      than a clock keep both runs deterministic whatever else the machine runs meanwhile, so they run side by
@@ -39,7 +40,7 @@ RECONSTRUCT = os.path.join(REPO_ROOT, "reconstruct.py")
 
 
 def train_args(base: str, data: str, outdir: str, steps: int, densify: bool, k_num: int | None,
-               densify_args: tuple, seed: int) -> list[str]:
+               densify_args: tuple, seed: int, densify_lr: float | None = None) -> list[str]:
     """`reconstruct.py train` arguments of run (a) (densify=False) or (b)."""
     args = ["--experiment=scenes", f"--data={data}", f"--outdir={outdir}", f"--steps={steps}", "--gap-warmup=0",
             f"--seed={seed}", "--snapshot-ticks=0"]
@@ -48,6 +49,8 @@ def train_args(base: str, data: str, outdir: str, steps: int, densify: bool, k_n
     args += ["--densify", f"--resume={base}", "--desc=b-densify"]
     if k_num is not None:
         args.append(f"--k-num={k_num}")
+    if densify_lr is not None:
+        args.append(f"--densify-lr={densify_lr}")
     return args + [f"--densify-arg={item}" for item in densify_args]
 
 
@@ -65,11 +68,12 @@ def _trainer(args: list[str], run_dir: str):
     return trainer
 
 
-def calibrate(args_a: list[str], args_b: list[str], repeats: int) -> dict:
-    """Median seconds per training step of trainers (a) and (b), their steps interleaved."""
+def calibrate(args_a: list[str], args_b: list[str], repeats: int, threads: int) -> dict:
+    """Median seconds per training step of trainers (a) and (b), their steps interleaved, at `threads` CPU
+    threads (the threads each run then gets)."""
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {name: _trainer(args, os.path.join(tmp, name)) for name, args in (("a", args_a), ("b", args_b))}
         times = {"a": [], "b": []}
@@ -79,7 +83,8 @@ def calibrate(args_a: list[str], args_b: list[str], repeats: int) -> dict:
                 trainer.train_step(None)
                 if i:
                     times[name].append(time.perf_counter() - start)
-    return {"t_a": statistics.median(times["a"]), "t_b": statistics.median(times["b"]), "repeats": repeats}
+    return {"t_a": statistics.median(times["a"]), "t_b": statistics.median(times["b"]), "repeats": repeats,
+            "threads": threads}
 
 
 def _latest_run(outdir: str, desc: str) -> str:
@@ -104,30 +109,37 @@ def _summary(output: str) -> dict:
               help="Steps of run (a); run (b) gets the steps that take the same time.")
 @click.option("--k-num", type=click.IntRange(min=1), default=None, help="Densified Gaussians per view [preset].")
 @click.option("--densify-arg", "densify_args", multiple=True, metavar="KEY=VALUE", help="Densifier override.")
+@click.option("--densify-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate of (b)'s fresh densifier [the encoder's].")
 @click.option("--calibration-steps", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option("--parallel/--sequential", default=True, show_default=True, help="Run (a) and (b) side by side.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads of each run and of the calibration [1 with --parallel, else all cores].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-def main(base, data, outdir, steps_a, k_num, densify_args, calibration_steps, parallel, seed):
+def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, calibration_steps, parallel, threads, seed):
     outdir = os.path.abspath(outdir or tempfile.mkdtemp(prefix="densify-miniature-"))
     os.makedirs(outdir, exist_ok=True)
     data, base = os.path.abspath(data), os.path.abspath(base)
     load_before = os.getloadavg()
+    threads = threads or (1 if parallel else max(1, os.cpu_count() or 1))
     args_a = train_args(base, data, outdir, steps_a, False, k_num, densify_args, seed)
-    probe_b = train_args(base, data, outdir, steps_a, True, k_num, densify_args, seed)
+    probe_b = train_args(base, data, outdir, steps_a, True, k_num, densify_args, seed, densify_lr)
     click.echo("calibrating: training steps of (a) and (b) in turn ...")
-    cal = calibrate(args_a, probe_b, calibration_steps)
+    cal = calibrate(args_a, probe_b, calibration_steps, threads)
     steps_b = max(1, round(steps_a * cal["t_a"] / cal["t_b"]))
-    args_b = train_args(base, data, outdir, steps_b, True, k_num, densify_args, seed)
-    click.echo(f"t_a {cal['t_a']:.3f} s/step, t_b {cal['t_b']:.3f} s/step (ratio {cal['t_b'] / cal['t_a']:.2f}): "
-               f"(a) {steps_a} steps, (b) {steps_b} steps = {steps_a * cal['t_a'] / 60:.1f} min each at these "
-               f"step times")
+    args_b = train_args(base, data, outdir, steps_b, True, k_num, densify_args, seed, densify_lr)
+    click.echo(f"t_a {cal['t_a']:.3f} s/step, t_b {cal['t_b']:.3f} s/step at {threads} thread(s) (ratio "
+               f"{cal['t_b'] / cal['t_a']:.2f}): (a) {steps_a} steps, (b) {steps_b} steps = "
+               f"{steps_a * cal['t_a'] / 60:.1f} min each at these step times")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     commands = {name: [sys.executable, RECONSTRUCT, "train", *args] for name, args in (("a", args_a), ("b", args_b))}
     logs, procs = {}, {}
     started = time.time()
     for name, command in commands.items():
         click.echo(f"({name}) {shlex.join(command)}")
         logs[name] = open(os.path.join(outdir, f"{name}.log"), "w")
-        procs[name] = subprocess.Popen(command, stdout=logs[name], stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        procs[name] = subprocess.Popen(command, stdout=logs[name], stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                       env=env)
         if not parallel:
             procs[name].wait()
     for name, proc in procs.items():
@@ -157,8 +169,8 @@ def main(base, data, outdir, steps_a, k_num, densify_args, calibration_steps, pa
     click.echo(f"(b) fine - (a): {b['psnr'] - a['psnr']:+.2f} dB; (b) fine - coarse: "
                f"{b['psnr'] - b['coarse_psnr']:+.2f} dB")
     payload = {"kind": "densify-miniature", "git_commit": git_commit(), "base": base, "data": data,
-               "k_num": k_num, "densify_args": list(densify_args), "calibration": cal, "steps_a": steps_a,
-               "steps_b": steps_b, "wall_seconds_both_runs": wall, "parallel": parallel,
+               "k_num": k_num, "densify_args": list(densify_args), "densify_lr": densify_lr, "calibration": cal,
+               "steps_a": steps_a, "steps_b": steps_b, "wall_seconds_both_runs": wall, "parallel": parallel, "threads": threads,
                "load_average_before": load_before, "load_average_after": os.getloadavg(), "a": a, "b": b,
                "fine_minus_a_db": b["psnr"] - a["psnr"], "fine_minus_coarse_db": b["psnr"] - b["coarse_psnr"]}
     click.echo(f"results: {write_results('densify-miniature', payload)}")

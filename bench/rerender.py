@@ -7,7 +7,12 @@ config's generator (seed-0 weights):
   video     training.video_utils._frame_outputs over --frames frames of the ffhq trajectory with one keyframe:
             everything gen_videos does per frame except encoding (generation included), divided by the frames;
   render    splatting.render of the generated Gaussians, one camera per call (the plain re-render of a cached
-            scene, the floor of what a video frame can cost without a faster rasterizer), per view.
+            scene, the floor of what a video frame can cost without a faster rasterizer), per view;
+  batched   the same --frames cameras in one render() call (cameras [1, C]: one projection and one rasterizer
+            call for all of them), per view;
+  split     where one view's time goes: splatting.projection.project alone and the backend's rasterize alone
+            (binning, depth sort and compositing) on the projected Gaussians, one camera per call, per view;
+            with the Gaussians that survive culling and the (tile, Gaussian) pairs the cpu backend composites.
 Reported: median wall and CPU time per view (time.process_time, all threads), peak memory above the weights,
 the before/current ratios, and the machine's load average at the start and the end. Results go to
 bench/results/rerender-<time>.json.
@@ -65,14 +70,54 @@ def worker(config: str, frames: int) -> dict:
                 render(gaussians, Cameras.from_eg3d_labels(labels[t:t + 1], res, res, near=G.near_plane),
                        backend=G.backend)
 
+    def render_batched():
+        with torch.no_grad():
+            render(gaussians, Cameras.from_eg3d_labels(labels[None], res, res, near=G.near_plane), backend=G.backend)
+
     video_wall, video_cpu = _timed(video)
     render_wall, render_cpu = _timed(render_each)
+    batched_wall, batched_cpu = _timed(render_batched)
+    per_view = lambda seconds: 1e3 * seconds / frames  # noqa: E731
     return dict(config=config, frames=frames, resolution=res, threads=torch.get_num_threads(),
                 num_gaussians=gaussians.num_gaussians,
-                video_wall_ms=1e3 * video_wall / frames, video_cpu_ms=1e3 * video_cpu / frames,
-                render_wall_ms=1e3 * render_wall / frames, render_cpu_ms=1e3 * render_cpu / frames,
+                video_wall_ms=per_view(video_wall), video_cpu_ms=per_view(video_cpu),
+                render_wall_ms=per_view(render_wall), render_cpu_ms=per_view(render_cpu),
+                batched_wall_ms=per_view(batched_wall), batched_cpu_ms=per_view(batched_cpu),
+                **_split(gaussians, labels, res, G.near_plane, G.backend),
                 peak_mb=(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024,
                 package=os.path.dirname(sys.modules["training"].__file__))
+
+
+def _split(gaussians, labels, res: int, near: float, backend: str) -> dict:
+    """Per view: projection alone, the backend's rasterize alone, visible Gaussians, composited pairs."""
+    import torch
+
+    from splatting import Cameras
+    from splatting.backends import get_backend
+    from splatting.projection import project
+
+    module = get_backend(backend, gaussians.device)
+    frames = labels.shape[0]
+    cameras = [Cameras.from_eg3d_labels(labels[t:t + 1], res, res, near=near) for t in range(frames)]
+    with torch.no_grad():
+        project_wall, project_cpu = _timed(lambda: [project(gaussians, cam) for cam in cameras])
+        inputs = []
+        for cam in cameras:
+            p = project(gaussians, cam)
+            feats = torch.cat([p.colors, p.depths[..., None]], dim=-1).contiguous()
+            inputs.append((p.means2d.contiguous(), p.conics.contiguous(), feats, p.opacities.contiguous(),
+                           p.depths.contiguous(), p.radii.contiguous()))
+        raster_wall, raster_cpu = _timed(lambda: [module.rasterize(*x, res, res) for x in inputs])
+        visible = sum(int((x[5] > 0).sum()) for x in inputs) / frames
+        pairs = None
+        if hasattr(module, "load"):  # the cpu backend's extension returns its (tile, Gaussian) list
+            try:
+                pairs = sum(int(module.load().forward(*x, res, res, 1)[5].numel()) for x in inputs) / frames
+            except (AttributeError, RuntimeError, TypeError, IndexError):
+                pairs = None
+    return dict(project_wall_ms=1e3 * project_wall / frames, project_cpu_ms=1e3 * project_cpu / frames,
+                rasterize_wall_ms=1e3 * raster_wall / frames, rasterize_cpu_ms=1e3 * raster_cpu / frames,
+                visible_gaussians=visible, tile_pairs=pairs)
 
 
 def _run_worker(args, code: str | None) -> dict:
@@ -88,7 +133,8 @@ def _run_worker(args, code: str | None) -> dict:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]), code=label)
 
 
-KEYS = ("video_wall_ms", "video_cpu_ms", "render_wall_ms", "render_cpu_ms", "peak_mb")
+KEYS = ("video_wall_ms", "video_cpu_ms", "render_wall_ms", "render_cpu_ms", "batched_wall_ms", "batched_cpu_ms",
+        "project_cpu_ms", "rasterize_cpu_ms", "peak_mb")
 
 
 def main(argv=None) -> None:
@@ -130,13 +176,21 @@ def main(argv=None) -> None:
             continue
         rows.append(dict(ok[0], **{k: statistics.median(r[k] for r in ok) for k in KEYS}, rounds=len(ok)))
     print(f"{args.config}, {args.frames} frames, {args.threads} threads; ms per view (median of rounds)")
-    print(f"{'code':<8} | {'video wall':>10} {'video cpu':>10} | {'render wall':>11} {'render cpu':>10} | peak MB")
+    print(f"{'code':<8} | {'video wall':>10} {'video cpu':>10} | {'render wall':>11} {'render cpu':>10} | "
+          f"{'batched wall':>12} {'batched cpu':>11} | {'project cpu':>11} {'raster cpu':>10} | peak MB")
     for r in rows:
         if "error" in r:
             print(f"{r['code']:<8} | error: {r['error'][:80]}")
             continue
         print(f"{r['code']:<8} | {r['video_wall_ms']:10.1f} {r['video_cpu_ms']:10.1f} | {r['render_wall_ms']:11.1f} "
-              f"{r['render_cpu_ms']:10.1f} | {r['peak_mb']:7.0f}")
+              f"{r['render_cpu_ms']:10.1f} | {r['batched_wall_ms']:12.1f} {r['batched_cpu_ms']:11.1f} | "
+              f"{r['project_cpu_ms']:11.1f} {r['rasterize_cpu_ms']:10.1f} | {r['peak_mb']:7.0f}")
+    for r in rows:
+        if "error" not in r:
+            pairs = "n/a" if r["tile_pairs"] is None else f"{r['tile_pairs']:,.0f}"
+            print(f"{r['code']:<8} per view: {r['visible_gaussians']:,.0f} of {r['num_gaussians']:,} Gaussians "
+                  f"visible, {pairs} (tile, Gaussian) pairs, {r['resolution']}^2 px; rasterize "
+                  f"{1e6 * r['rasterize_cpu_ms'] / r['visible_gaussians']:.0f} ns CPU per visible Gaussian")
     ratios = {}
     if len(rows) == 2 and all("error" not in r for r in rows):
         now, before = rows

@@ -18,6 +18,12 @@ It also reports the bytes the loop holds between snapshots as its last good stat
 of G, D, G_ema and both optimizers in the code before this one, nothing now) and the process RSS growth over a few
 tick ends without a snapshot. Writes bench/results/train_step-<timestamp>.json (device, git commit, torch version,
 load average).
+
+`--memory-step` measures only the memory of one full iteration (Gmain + Dmain + Dreg + EMA, the first iteration
+runs Dreg): the peak RSS of the process (ru_maxrss) and its rise above the RSS after set-up, no timing and no sync
+counting. `--cfg ffhq256-official` is FFHQ-256 at the official per-GPU batch (batch 32 on 4 GPUs: 8 per process,
+one process here); `--batch-gpu N` replaces the setup's per-process batch (and the global batch) by N, to measure a
+smaller batch where the official one does not fit and extrapolate per image.
 """
 from __future__ import annotations
 
@@ -45,6 +51,9 @@ SETUPS = {
     "shapes": dict(cli=["--cfg", "shapes"], resolution=16),
     "ffhq256": dict(cli=["--cfg", "ffhq", "--batch", "32", "--batch-gpu", "32", "--gaussian_num_pts", "256",
                          "--res_end", "128", "--prob_uniform", "0.5"], resolution=256),
+    # docs/training.md: the official FFHQ-256 run is batch 32 on 4 GPUs, so 8 images per GPU process.
+    "ffhq256-official": dict(cli=["--cfg", "ffhq", "--batch", "8", "--batch-gpu", "8", "--gaussian_num_pts", "256",
+                                  "--res_end", "128", "--prob_uniform", "0.5"], resolution=256),
 }
 
 T = torch.Tensor
@@ -146,12 +155,15 @@ class CudaSyncCounter:
             self.sites[f"sync             {where}:{record.lineno}"] += 1
 
 
-def build_config(train, setup: str, data: str | None, device: str, outdir: str):
-    """The same TrainConfig train.py would build (options parsed by its click command)."""
+def build_config(train, setup: str, data: str | None, device: str, outdir: str, batch_gpu: int | None = None):
+    """The same TrainConfig train.py would build (options parsed by its click command); batch_gpu replaces the
+    setup's batch and per-process batch."""
     spec = SETUPS[setup]
     if data is None:
         data = train.shapes_dataset(spec["resolution"], 64 if setup != "shapes" else 512)
     args = ["--outdir", outdir, "--data", data, "--device", device, "--workers", "1", "--metrics", "none"] + spec["cli"]
+    if batch_gpu is not None:
+        args += ["--batch", str(batch_gpu), "--batch-gpu", str(batch_gpu)]  # click keeps the last value
     ctx = train.main.make_context("train.py", args)
     opts = train.merge_bool_flags(ctx.params)
     opts.pop("dry_run")
@@ -267,6 +279,33 @@ def measure(repo: str, setup: str, data, device: str, threads: int, warmup: int,
             "syncs": syncs, "memory": memory}
 
 
+def measure_step_memory(repo: str, setup: str, data, device: str, threads: int, batch_gpu: int | None) -> dict:
+    """Peak RSS of one full iteration (Gmain + Dmain + Dreg + EMA) of the code in `repo`, on the CPU."""
+    sys.path.insert(0, repo)
+    import train
+    from torch_utils.run_control import resolve_device
+    from training.training_loop import Trainer
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = build_config(train, setup, data, device, tmp, batch_gpu)
+        trainer = Trainer(config, tmp, 0, 1, resolve_device(config.device))
+        trainer.setup()
+        trainer.start_time = trainer.tick_start_time = time.time()
+        trainer.tick_start_nimg = trainer.cur_nimg
+        setup_rss, setup_peak = current_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        runs_dreg = trainer.batch_idx % trainer.cfg.loss.r1_interval == 0
+        start = time.perf_counter()
+        trainer.train_step()
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        trainer.close()
+    return {"code": repo, "batch_gpu": config.batch_gpu, "resolution": config.data.resolution,
+            "device": str(device), "threads": threads, "iteration_includes_dreg": runs_dreg,
+            "rss_after_setup_mb": setup_rss, "peak_rss_before_step_mb": setup_peak, "peak_rss_mb": peak,
+            "step_rise_above_setup_mb": peak - setup_rss, "step_seconds": seconds}
+
+
 @click.command()
 @click.option("--cfg", "setup", type=click.Choice(sorted(SETUPS)), default="shapes", show_default=True)
 @click.option("--data", help="Dataset zip (default: the synthetic dataset at the setup's resolution).")
@@ -277,8 +316,24 @@ def measure(repo: str, setup: str, data, device: str, threads: int, warmup: int,
 @click.option("--sync-iterations", type=int, default=2, show_default=True, help="Iterations counted for syncs.")
 @click.option("--code", "code", default=None, metavar="DIR", help="Also measure this checkout (the code before).")
 @click.option("--json-only", is_flag=True, hidden=True, help="Print one JSON object, write nothing (--code runs).")
-def main(setup, data, device, threads, warmup, iterations, sync_iterations, code, json_only):
+@click.option("--memory-step", is_flag=True, help="Only the peak RSS of one full iteration (no timing, no syncs).")
+@click.option("--batch-gpu", "batch_gpu", type=click.IntRange(min=1), default=None,
+              help="Per-process (and global) batch instead of the setup's, e.g. to extrapolate per image.")
+def main(setup, data, device, threads, warmup, iterations, sync_iterations, code, json_only, memory_step, batch_gpu):
     load_start = os.getloadavg()
+    if memory_step:
+        result = measure_step_memory(THIS_REPO, setup, data, device, threads, batch_gpu)
+        sys.path.insert(0, BENCH_DIR)
+        from _results import git_commit, write_results
+
+        result.update(benchmark="train_step_memory", setup=setup, load_average_start=load_start,
+                      load_average_end=os.getloadavg(), git_commit=git_commit(), torch=torch.__version__)
+        click.echo(f"{setup}, batch {result['batch_gpu']} per process at {result['resolution']} px: peak RSS "
+                   f"{result['peak_rss_mb']:.0f} MB, {result['step_rise_above_setup_mb']:.0f} MB above the "
+                   f"{result['rss_after_setup_mb']:.0f} MB after set-up (one iteration with Dreg: "
+                   f"{result['iteration_includes_dreg']}, {result['step_seconds']:.0f} s)")
+        click.echo(f"wrote {write_results('train_step', result)}")
+        return
     if json_only:
         result = measure(THIS_REPO if code is None else os.path.abspath(code), setup, data, device, threads, warmup,
                          iterations, sync_iterations, validate=True)

@@ -62,6 +62,7 @@ class OptimOptions(_Config):
     final_div_factor: float = 1e4                   # final lr = initial lr / final_div_factor
     extra_schedule_steps: int = 10                  # the schedule spans steps + this (the official + 10)
     clip_norm: float = 0.5                          # global gradient norm; 0 = no clipping
+    densify_lr: float | None = None                 # peak lr of the densifier's parameters; None = lr
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,11 @@ class ReconTrainOptions(_Config):
         if min(d.image_shape) < 1 or not 0 < d.near < d.far:
             raise ConfigError(f"data: need a positive image shape and 0 < near < far, got {list(d.image_shape)}, "
                               f"near {d.near}, far {d.far}")
-        if self.loss.lpips_weight < 0 or self.loss.mse_weight < 0 or self.optim.lr <= 0:
+        lo, o = self.loss, self.optim  # (the field types already refuse non-finite numbers)
+        if lo.lpips_weight < 0 or lo.mse_weight < 0 or o.lr <= 0:
             raise ConfigError("--lpips-weight and the MSE weight must be >= 0 and --lr > 0")
+        if o.densify_lr is not None and o.densify_lr <= 0:
+            raise ConfigError(f"--densify-lr must be > 0, got {o.densify_lr}")
         if self.densify.k_num is not None and self.densify.k_num < 1:
             raise ConfigError(f"--k-num must be >= 1, got {self.densify.k_num}")
 

@@ -1,5 +1,7 @@
 """Reconstruction training: set-up, the optimizer-step loop and per-tick maintenance (log line, stats, image grid,
-snapshots), plus process launching (one process, N spawned processes, or torchrun).
+snapshots). Launching (one process, N spawned processes, or torchrun): reconstruction/launch.py; the models and
+schedule it builds: reconstruction/train_setup.py; the tick's log line and grid: reconstruction/tick_outputs.py;
+what every rank does the same in the GAN half: torch_utils/rank_trainer.py.
 
 Mirrors training/training_loop.py (the GAN loop): rank 0 writes files; gradients are averaged over ranks in one
 all-reduce that also carries the fault / stop / time-up flags, so every rank takes the same decision; SIGINT or
@@ -16,107 +18,31 @@ the densifier, optimizer and schedule start fresh at step 0.
 """
 from __future__ import annotations
 
-import hashlib
-import math
 import os
-import resource
 import time
-from dataclasses import dataclass
 
 import torch
-import tqdm
 
-import dnnlib
+from reconstruction import tick_outputs
 from reconstruction.config import ReconTrainOptions
+from reconstruction.launch import TrainResult, launch
 from reconstruction.loss import ReconstructionLoss
+from reconstruction.train_setup import (build_densifier, build_encoder, build_optimizer, build_schedule,
+                                        densify_generator)
 from torch_utils import checkpoint, distributed, misc
-from torch_utils.run_control import (ignore_stop_signals, install_stop_handlers, launch_training, restore_handlers,
-                                     run_rank, shutdown_loader)
-from torch_utils.stats import StatsCollector, StatsWriter
+from torch_utils.launcher import TrainingFault
+from torch_utils.rank_trainer import RankTrainer
+
+__all__ = ["ReconTrainer", "TrainResult", "TrainingFault", "launch"]  # launch: the entry point, also importable here
 
 
-class TrainingFault(RuntimeError):
-    """A non-finite loss or gradient (the message names the step)."""
-
-
-@dataclass
-class TrainResult:
-    run_dir: str
-    status: str            # "done" | "time_limit" | "interrupted" | "fault"
-    step: int
-    snapshot: str | None   # the last snapshot written (for a fault: the last good state)
-    message: str = ""
-    rank_digests: tuple = ()  # sha256 of the encoder state per rank at the end (all equal under DDP)
-
-
-
-
-
-
-def build_encoder(options: ReconTrainOptions):
-    """The CostVolumeEncoder of the options' preset + overrides (ValueError naming a bad preset / key)."""
-    from reconstruction.encoder import build_encoder as build  # noqa: deferred: launching stays cheap
-
-    return build(options.model.preset, **options.model.overrides)
-
-
-def build_densifier(options: ReconTrainOptions, encoder):
-    """The GaussianDensifier of options.densify for `encoder` (None when densification is off): preset +
-    overrides + k_num. DensifyError naming both numbers when the preset's feature width or SH degree differs from
-    the encoder's."""
-    d = options.densify
-    if not d.enabled:
-        return None
-    from reconstruction.densify import DensifyError, build_densifier as build  # noqa: deferred
-
-    overrides = dict(d.overrides)
-    if d.k_num is not None:
-        overrides["k_num"] = d.k_num
-    densifier = build(d.preset, int(encoder.feature_dim), **overrides)
-    if densifier.sh_degree != encoder.sh_degree:
-        raise DensifyError(f"densifier preset {d.preset!r}: built for sh_degree={densifier.sh_degree}, but the "
-                           f"encoder predicts sh_degree={encoder.sh_degree}; use the matching preset or "
-                           f"--densify-arg sh_degree={encoder.sh_degree}")
-    return densifier
-
-
-def densify_generator(seed: int, rank: int, step: int, round_index: int) -> torch.Generator:
-    """The CPU generator of one forward pass's densifier randomness: a pure function of (seed, rank, step, pass),
-    so a resumed run draws exactly what the uninterrupted one drew."""
-    text = f"gsgan-densify:{int(seed)}:{int(rank)}:{int(step)}:{int(round_index)}".encode()
-    value = int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & (2**63 - 1)
-    return torch.Generator().manual_seed(value)
-
-
-def build_schedule(optimizer: torch.optim.Optimizer, options: ReconTrainOptions):
-    """OneCycleLR as the official MVSplat: over steps + 10, pct_start 0.01, cosine, no momentum cycling."""
-    o = options.optim
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=o.lr, total_steps=options.steps + o.extra_schedule_steps, pct_start=o.pct_start,
-        anneal_strategy="cos", cycle_momentum=False, div_factor=o.div_factor, final_div_factor=o.final_div_factor)
-
-
-def depth_to_unit(depth, alpha=None):
-    """[N, 1, H, W] depth -> [N, 1, H, W] in [0, 1] per image, near = bright, empty pixels black."""
-    from training.video_utils import finite_range, masked_depth, normalize_depth
-
-    if alpha is not None:
-        depth = masked_depth(depth, alpha)
-    d = depth.detach().float().cpu().numpy()
-    lo, hi = finite_range(d)
-    return (torch.from_numpy(normalize_depth(d, lo, hi)) + 1) / 2
-
-
-class ReconTrainer:
+class ReconTrainer(RankTrainer):
     """All state of one process's reconstruction training run."""
 
     def __init__(self, options: ReconTrainOptions, run_dir: str, rank: int, world: int, device: torch.device):
-        self.opts, self.run_dir, self.rank, self.world, self.device = options, run_dir, rank, world, device
         self.created = time.time()  # --minutes counts set-up time too (data, model, an extension build)
-        self.log = dnnlib.setup_logging(run_dir, rank)
-        self.stats = StatsCollector()
-        self.writer = StatsWriter(run_dir) if rank == 0 else None
-        self.stop_signal: str | None = None
+        super().__init__(run_dir, rank, world, device)
+        self.opts = options
         self.step = self.tick = self.examples_seen = 0
         self.last_snapshot: str | None = None
         self.last_good: tuple | None = None
@@ -140,7 +66,7 @@ class ReconTrainer:
             distributed.broadcast_module(self.densifier)
             modules.append(self.densifier)
         self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=self.opts.optim.lr)
+        self.optimizer = build_optimizer(self.encoder, self.densifier, self.opts)
         self.scheduler = build_schedule(self.optimizer, self.opts)
         lo = self.opts.loss
         self.loss = ReconstructionLoss(lo.mse_weight, lo.lpips_weight, lo.lpips_after)
@@ -163,11 +89,7 @@ class ReconTrainer:
             seed=self.opts.seed, rank=self.rank, world_size=self.world, start=self.examples_seen,
             examples_per_step=self.opts.examples_per_step, cache_chunks=d.cache_chunks,
             batch_size=self.opts.batch_gpu, report_skips=True)
-        workers = d.workers
-        self.loader = iter(torch.utils.data.DataLoader(
-            self.stream, batch_size=self.opts.batch_gpu, num_workers=workers,
-            pin_memory=self.device.type == "cuda", prefetch_factor=2 if workers > 0 else None,
-            persistent_workers=False, worker_init_fn=ignore_stop_signals if workers > 0 else None))
+        self.loader = self.make_loader(self.stream, self.opts.batch_gpu, d.workers)
 
     # ------------------------------------------------------------------------------------------ resume
     def _resume(self, path: str) -> None:
@@ -229,13 +151,6 @@ class ReconTrainer:
             "rng": {"ranks": [r["global"] for r in ranks], "num_ranks": self.world},
             "options": self.opts.to_dict(),
         }
-
-    def write_snapshot(self, payload: dict | None, step: int) -> str | None:
-        if self.rank != 0:
-            return None
-        path = os.path.join(self.run_dir, checkpoint.recon_snapshot_filename(step))
-        checkpoint.atomic_torch_save(payload, path)
-        return path
 
     # ------------------------------------------------------------------------------------------ iteration
     def next_batch(self) -> dict:
@@ -348,6 +263,8 @@ class ReconTrainer:
             norm = torch.nn.utils.clip_grad_norm_(params, self.opts.optim.clip_norm)
             self.stats.report("Progress/grad_norm", norm.detach())
         self.stats.report("Progress/lr", self.optimizer.param_groups[0]["lr"])
+        if len(self.optimizer.param_groups) > 1:
+            self.stats.report("Progress/lr_densify", self.optimizer.param_groups[1]["lr"])
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -363,66 +280,45 @@ class ReconTrainer:
         if self.resume_rng is not None:  # after start-up work that used the global RNGs
             misc.restore_rng_state(self.resume_rng)
         self.last_good = (self.step, self.payload(), getattr(self, "resumed_from", None))
-        previous = install_stop_handlers(self._on_stop_signal)
         status = "done"
-        progress = tqdm.tqdm(total=self.opts.steps, initial=self.step, unit="step", dynamic_ncols=True,
-                             leave=False, disable=None if self.rank == 0 else True)
-        try:
-            while self.step < self.opts.steps:
-                stop, time_up = self.train_step(deadline)
-                progress.update(1)
-                done = self.step >= self.opts.steps
-                tick_over = self.step >= self.tick_start_step + self.opts.tick_steps
-                if not (done or stop or time_up or self.tick == 0 or tick_over):
-                    continue
-                self.end_tick(final=done or stop or time_up)
-                if stop:
-                    status = "interrupted"
-                    self.log.info(f"stopped by {self.stop_signal or 'a signal on another rank'} at step "
-                                  f"{self.step}; snapshot: {self.last_snapshot}")
-                    break
-                if time_up and not done:
-                    status = "time_limit"
-                    self.log.info(f"--minutes={self.opts.minutes:g} reached at step {self.step} of "
-                                  f"{self.opts.steps}; snapshot: {self.last_snapshot}")
-                    break
-        except TrainingFault as fault:
-            return self._on_fault(fault)
-        finally:
-            progress.close()
-            restore_handlers(previous)
+        with self.training_session(self.opts.steps, self.step, "step") as progress:
+            try:
+                while self.step < self.opts.steps:
+                    stop, time_up = self.train_step(deadline)
+                    progress.update(1)
+                    done = self.step >= self.opts.steps
+                    tick_over = self.step >= self.tick_start_step + self.opts.tick_steps
+                    if not (done or stop or time_up or self.tick == 0 or tick_over):
+                        continue
+                    self.end_tick(final=done or stop or time_up)
+                    if stop:
+                        status = "interrupted"
+                        self.log.info(f"stopped by {self.stop_signal or 'a signal on another rank'} at step "
+                                      f"{self.step}; snapshot: {self.last_snapshot}")
+                        break
+                    if time_up and not done:
+                        status = "time_limit"
+                        self.log.info(f"--minutes={self.opts.minutes:g} reached at step {self.step} of "
+                                      f"{self.opts.steps}; snapshot: {self.last_snapshot}")
+                        break
+            except TrainingFault as fault:
+                return self._on_fault(fault)
         if any(self.skipped_total.values()):
             self.log.info("examples skipped by rank 0 (and refilled from the same epoch): "
                           + ", ".join(f"{n} {reason}" for reason, n in self.skipped_total.items() if n))
         if self.last_snapshot is None and self.rank == 0 and self.step > 0:
             self.last_snapshot = os.path.join(self.run_dir, checkpoint.recon_snapshot_filename(self.step))
             if not os.path.isfile(self.last_snapshot):  # resumed at the final step: nothing left to train
-                self.write_snapshot(self.last_good[1], self.step)
-        return TrainResult(self.run_dir, status, self.step, self.last_snapshot,
-                           rank_digests=self.check_rank_consistency())
-
-    def state_digest(self) -> str:
+                self.write_snapshot(self.last_good[1], checkpoint.recon_snapshot_filename(self.step))
         modules = {"encoder": self.encoder}
         if self.densifier is not None:
             modules["densifier"] = self.densifier
-        per_tensor = misc.state_digests(modules)
-        return hashlib.sha256("".join(f"{k}={v};" for k, v in sorted(per_tensor.items())).encode()).hexdigest()
-
-    def check_rank_consistency(self) -> tuple:
-        digests = tuple(distributed.all_gather_objects(self.state_digest()))
-        if len(set(digests)) > 1:
-            self.log.error("encoder parameters differ between processes")
-        elif self.world > 1:
-            self.log.info(f"parameters identical across {self.world} processes")
-        return digests
+        return TrainResult(self.run_dir, status, self.step, self.last_snapshot, rank_digests=self.rank_digests(modules))
 
     def end_tick(self, final: bool) -> None:
         tick = self.tick
         self.report_tick()
-        stats = self.stats.collect(self.device if self.device.type == "cuda" else "cpu")
-        if self.rank == 0:
-            self.writer.write(stats, self.step / 1000)
-            self.log.info(format_tick_line(stats))
+        self.write_tick_stats(self.step / 1000, tick_outputs.format_tick_line)
         maintenance_start = time.time()
         self.tick += 1
         self.tick_start_step = self.step
@@ -431,7 +327,7 @@ class ReconTrainer:
         payload, path = self.payload(), None
         every = self.opts.snapshot_ticks
         if final or (every and tick % every == 0):
-            path = self.write_snapshot(payload, self.step)
+            path = self.write_snapshot(payload, checkpoint.recon_snapshot_filename(self.step))
             self.last_snapshot = path if self.rank == 0 else None
         self.last_good = (self.step, payload, path)
         self.maintenance_sec = time.time() - maintenance_start
@@ -440,22 +336,15 @@ class ReconTrainer:
     def _on_fault(self, fault: TrainingFault) -> TrainResult:
         step, frozen, path = self.last_good
         if self.rank == 0 and (path is None or not os.path.isfile(path)):
-            path = self.write_snapshot(frozen, step)
+            path = self.write_snapshot(frozen, checkpoint.recon_snapshot_filename(step))
         message = f"{fault}: training stopped. Last good snapshot (step {step}): {path}"
         self.log.error(message)
         return TrainResult(self.run_dir, "fault", self.step, path if self.rank == 0 else None, message)
 
-    # ------------------------------------------------------------------------------------------ signals
-    def _on_stop_signal(self, name: str) -> None:
-        self.stop_signal = name
-        self.log.warning(f"received {name}: finishing this step, then writing a snapshot")
-
     # ------------------------------------------------------------------------------------------ maintenance
     @torch.no_grad()
     def save_grid(self, path: str) -> None:
-        """Rows = the first batch's scenes; columns = context views | first target | its render | its depth.
-        With densification: context views | target | coarse render | fine render | selected | fine depth, where
-        `selected` is the first context view dimmed with the pixels of its selected Gaussians in red."""
+        """The first batch's scenes rendered at their first target view, in eval mode (tick_outputs.save_grid)."""
         from reconstruction.views import batch_to, select_views
 
         if self.grid_batch is None:
@@ -466,6 +355,7 @@ class ReconTrainer:
         was_training = [m.training for m in modules]
         for m in modules:
             m.eval()
+        coarse = dense = None
         try:
             if self.densifier is None:
                 _, rendered = self.forward(batch)
@@ -474,19 +364,7 @@ class ReconTrainer:
         finally:
             for m, mode in zip(modules, was_training):
                 m.train(mode)
-        context = batch["context"]["image"].cpu()                        # [n, V, 3, H, W]
-        target = batch["target"]["image"][:, 0].cpu()                     # [n, 3, H, W]
-        color = rendered.color[:, 0].clamp(0, 1).cpu()
-        depth = depth_to_unit(rendered.depth[:, 0], rendered.alpha[:, 0]).expand(-1, 3, -1, -1)
-        columns = [context, target[:, None]]
-        if self.densifier is not None:
-            selected = selection_overlay(context[:, 0], dense.selection.index[:, 0].cpu())
-            columns += [coarse.color[:, 0].clamp(0, 1).cpu()[:, None], color[:, None], selected[:, None]]
-        else:
-            columns.append(color[:, None])
-        cells = torch.cat(columns + [depth[:, None]], dim=1)             # [n, V + 3 (+ 2), ...]
-        rows, cols = cells.shape[:2]
-        misc.save_image_grid(cells.flatten(0, 1), path, (cols, rows), drange=(0, 1))
+        tick_outputs.save_grid(path, batch, rendered, coarse, dense)
 
     def log_start(self) -> None:
         if self.rank != 0:
@@ -509,80 +387,8 @@ class ReconTrainer:
                       + (f" (at most {o.minutes:g} minutes)" if o.minutes else ""))
 
     def report_tick(self) -> None:
-        now = time.time()
         report = self.stats.report
         report("Progress/tick", self.tick)
         report("Progress/step", self.step)
         report("Progress/examples_seen", self.examples_seen * self.world)
-        report("Timing/total_sec", now - self.start_time)
-        report("Timing/sec_per_tick", now - self.tick_start_time)
-        report("Timing/maintenance_sec", getattr(self, "maintenance_sec", 0.0))
-        report("Resources/cpu_mem_gb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-        if self.device.type == "cuda":
-            report("Resources/peak_gpu_mem_gb", torch.cuda.max_memory_allocated(self.device) / 2**30)
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def close(self) -> None:
-        loader = getattr(self, "loader", None)
-        if loader is not None:  # workers ignore SIGTERM: stop them now, or a failed run can wait on one forever
-            shutdown_loader(loader)
-            self.loader = None
-        if self.writer is not None:
-            self.writer.close()
-        dnnlib.close_logging()
-
-
-def selection_overlay(image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """image [n, 3, H, W] dimmed to half brightness, with the pixels of the selected Gaussians `index` [n, K]
-    (into the view's H*W pixels, row-major: the encoder's layout) set to pure red."""
-    n, _, h, w = image.shape
-    out = image.clone() * 0.5
-    mask = torch.zeros(n, h * w, dtype=torch.bool)
-    mask.scatter_(1, index.long() % (h * w), True)
-    mask = mask.reshape(n, 1, h, w)
-    red = torch.tensor([1.0, 0.0, 0.0]).reshape(1, 3, 1, 1).expand_as(out)
-    return torch.where(mask, red, out)
-
-
-def format_tick_line(stats: dict) -> str:
-    """One console/log line per tick."""
-    def get(name):
-        return stats.get(name, {}).get("mean", float("nan"))
-    total = get("Timing/total_sec")
-    total = 0.0 if math.isnan(total) else total
-    # Data/skipped/<reason> holds the skips made per delivered example: mean * num = skips this tick.
-    skipped = sum(e["mean"] * e["num"] for name, e in stats.items() if name.startswith("Data/skipped/"))
-    return (f"tick {int(get('Progress/tick')):<5d} step {int(get('Progress/step')):<7d} "
-            f"time {int(total // 3600)}h{int(total % 3600 // 60):02d}m{int(total % 60):02d}s  "
-            f"sec/step {get('Timing/sec_per_step'):<6.3f} maintenance {get('Timing/maintenance_sec'):<5.1f} "
-            f"cpumem {get('Resources/cpu_mem_gb'):.2f} gpumem {get('Resources/peak_gpu_mem_gb'):.2f}  "
-            f"lr {get('Progress/lr'):.2e} loss {get('Loss/total'):.4f} " + (
-                f"mse {get('Loss/mse'):.5f} lpips {get('Loss/lpips'):.4f} psnr {get('Metrics/psnr_train'):.2f} "
-                if "Metrics/psnr_fine" not in stats else
-                f"mse coarse {get('Loss/coarse/mse'):.5f} fine {get('Loss/fine/mse'):.5f} psnr coarse "
-                f"{get('Metrics/psnr_coarse'):.2f} fine {get('Metrics/psnr_fine'):.2f} densify "
-                f"{get('Timing/densify_sec'):.3f}s ") + f"skipped {int(round(skipped))}")
-
-
-# ---------------------------------------------------------------------------------------------- launching
-def run_description(options: ReconTrainOptions) -> str:
-    name = os.path.basename(os.path.normpath(options.data.path)) or "data"
-    desc = f"{options.experiment}-{name}-gpus{options.num_gpus}-batch{options.batch_gpu}"
-    return desc + (f"-{options.desc}" if options.desc else "")
-
-
-def training_process(rank: int, world: int, options: ReconTrainOptions, run_dir: str,
-                     init_method: str | None = None, local_rank: int = 0) -> TrainResult:
-    """Body of one process: device set-up, process group, ReconTrainer."""
-    return run_rank(lambda device: ReconTrainer(options, run_dir, rank, world, device), rank, world,
-                    options.device, init_method, local_rank)
-
-
-def _spawned(index: int, init_method: str, world: int, options_dict: dict, run_dir: str) -> dict:
-    result = training_process(index, world, ReconTrainOptions.from_dict(options_dict), run_dir, init_method, index)
-    return result.__dict__
-
-
-def launch(options: ReconTrainOptions) -> TrainResult:
-    """Validate, create the run directory, write training_options.json and train. Returns rank 0's result."""
-    return launch_training(options, run_description(options), training_process, _spawned, TrainResult)
+        self.report_timing(time.time())

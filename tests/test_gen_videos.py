@@ -354,6 +354,11 @@ def _error_line(result):
     (["--visualize_anchor", "--res_visualize", "2"], 2, "anchor levels"),
     (["--point_index", "99"], 2, "--point_index"),
     (["--num_init_near_point", "2"], 2, "--num_init_near_point"),
+    (["--point_index", "0,1", "--num_init_near_point", "2"], 2,
+     "'--num_init_near_point': needs exactly one point_index"),
+    (["--point_index", "0", "--num_init_near_point", "17"], 2, "'--num_init_near_point': expected 1..16"),
+    (["--point_index", "16"], 2, "'--point_index': 16 out of range: this generator has 16 initial points"),
+    (["--rendering_scale", "nan"], 2, "'--rendering_scale': expected a finite number"),
 ])
 def test_bad_options(snapshot, tmp_path, args, code, message):
     result = run("--network", snapshot, "--outdir", tmp_path / "o", "--frames", 2, *args)
@@ -382,6 +387,18 @@ def test_bad_snapshot_and_outdir(snapshot, tmp_path):
 def test_read_only_outdir_is_refused_up_front(snapshot, tmp_path):
     result = run("--network", snapshot, "--outdir", os.path.join(read_only_dir(tmp_path), "o"), "--frames", 2)
     assert result.exit_code == 2 and "cannot write into" in _error_line(result)
+
+
+def test_outdir_without_write_permission_is_refused_also_as_root(snapshot, tmp_path, monkeypatch):
+    from tests.test_train_cli import deny_writes_into
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    deny_writes_into(monkeypatch, locked)
+    result = run("--network", snapshot, "--outdir", locked / "o", "--frames", 2)
+    assert result.exit_code == 2
+    assert f"'--outdir': cannot write into {locked} (Permission denied)" in _error_line(result)
+    assert os.listdir(locked) == []  # no stub output folder
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,4 +1,5 @@
 """train.py: option parsing (both boolean styles), validation before any work, dry runs of the official scripts."""
+import errno
 import json
 import os
 import re
@@ -223,6 +224,32 @@ def test_outdir_that_is_a_file_is_refused_before_any_work(tmp_path):
     assert not os.path.exists(os.path.join(os.environ["GSGAN_CACHE_DIR"], "datasets"))  # shapes data not built
 
 
+def deny_writes_into(monkeypatch, folder) -> None:
+    """Make the write probe of training.output_paths (a temporary file in the folder) fail in `folder` as it
+    fails in a read-only folder. Root ignores permissions, so this is how CI (running as root) sees the refusal."""
+    import types
+
+    from training import output_paths
+
+    real = output_paths.tempfile.TemporaryFile
+
+    def probe(*args, dir=None, **kwargs):
+        if dir is not None and os.path.samefile(dir, folder):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.path.join(dir, "tmpXXXX"))
+        return real(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(output_paths, "tempfile", types.SimpleNamespace(TemporaryFile=probe))
+
+
+def test_outdir_without_write_permission_is_refused_also_as_root(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    deny_writes_into(monkeypatch, locked)
+    result = CliRunner().invoke(train.main, ["--outdir", str(locked / "runs"), "--cfg", "shapes"])
+    one_line_error(result, f"--outdir: cannot write into {locked} (Permission denied)")
+    assert os.listdir(locked) == []  # no stub run folder
+    assert not os.path.exists(os.path.join(os.environ["GSGAN_CACHE_DIR"], "datasets"))  # shapes data not built
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_outdir_is_refused(tmp_path):
     locked = tmp_path / "locked"
@@ -347,11 +374,16 @@ def test_image_that_fails_mid_training_is_one_line(tmp_path):
         with open(os.path.join(folder, f"sub/img{i:03d}.png"), "r+b") as handle:
             handle.seek(40)
             handle.write(b"\0" * 64)
+    # --backdrop off: auto samples images for the border statistics at set-up and would meet a damaged one there
     args = ["--outdir", str(tmp_path / "runs"), "--data", folder, *TINY, "--kimg", "0.008", "--workers", "1",
-            "--grid", "1x1", "--seed", "6"]
+            "--grid", "1x1", "--seed", "6", "--backdrop", "off"]
     line = one_line_error(CliRunner().invoke(train.main, args), f"{folder}/sub/img00")
     assert "not a readable image" in line
     assert len(os.listdir(tmp_path / "runs")) == 1  # met by the running trainer, after the options were checked
+    # with the default --backdrop auto the border sample meets a damaged image at set-up: one line, no run folder
+    line = one_line_error(CliRunner().invoke(train.main, args[:-2] + ["--outdir", str(tmp_path / "runs2")]),
+                          f"{folder}/sub/img00")
+    assert "not a readable image" in line and not (tmp_path / "runs2").exists()
 
 
 def test_defaults_come_from_the_config_dataclasses():
@@ -373,4 +405,5 @@ def test_choice_lists_are_the_registries():
     choices = {p.name: list(p.type.choices) for p in train.main.params if isinstance(p.type, click.Choice)}
     assert choices == {"cfg": list(config.CFG_NAMES), "aug": list(config.AUGMENT_MODES),
                        "backend": ["auto", *BACKENDS], "device": list(config.DEVICES),
-                       "nonfinite": list(config.NONFINITE_MODES), "arch": list(config.GENERATOR_ARCHS)}
+                       "nonfinite": list(config.NONFINITE_MODES), "arch": list(config.GENERATOR_ARCHS),
+                       "backdrop": list(config.BACKDROP_MODES)}

@@ -22,6 +22,10 @@ NONFINITE_MODES = ("stop", "replace")
 # naive flat baseline it is ablated against (training/naive_generator.py). Option files written before the field
 # existed are hierarchical.
 GENERATOR_ARCHS = {"hierarchical": "GSGenerator", "naive": "NaiveGenerator"}
+# GeneratorConfig.backdrop (training/backdrop.py): "off" (black behind the Gaussians), "field" (a learned backdrop at
+# infinity), or "auto": train.py decides from the dataset's border at set-up, off exactly when `dataset_tool.py info`
+# reads the backdrop as uniform black, and records its decision, so a run's options never hold "auto".
+BACKDROP_MODES = ("auto", "off", "field")
 
 
 class ConfigError(ValueError):
@@ -143,6 +147,8 @@ class GeneratorConfig(_Config):
     c_scale: float = 1.0
     start_pe: bool = True
     neural_rendering_resolution: int = 0  # 0 = the dataset resolution
+    backdrop: str = "off"               # --backdrop: a BACKDROP_MODES entry
+    backdrop_color: tuple[float, float, float] = (0.0, 0.0, 0.0)  # its initial colour (the dataset's border)
     extra: dict = field(default_factory=dict)  # further GSGenerator keyword arguments (e.g. small test models)
 
 
@@ -237,14 +243,20 @@ class TrainConfig(_Config):
             raise ConfigError(f"TrainConfig.device: expected one of {DEVICES}, got {self.device!r}")
         if self.G.arch not in GENERATOR_ARCHS:
             raise ConfigError(f"TrainConfig.G.arch: expected one of {tuple(GENERATOR_ARCHS)}, got {self.G.arch!r}")
+        if self.G.backdrop not in BACKDROP_MODES:
+            raise ConfigError(f"TrainConfig.G.backdrop: expected one of {BACKDROP_MODES}, got {self.G.backdrop!r}")
 
     def generator_kwargs(self) -> dict:
         """GSGenerator constructor arguments (needs data.resolution)."""
         gc, res = self.G, self.data.resolution
+        if gc.backdrop == "auto":
+            raise ConfigError("TrainConfig.G.backdrop: 'auto' is decided from the dataset (train.py does it); "
+                              "expected 'off' or 'field' here")
         kwargs = dict(img_resolution=res, num_points=gc.num_points, res_end=gc.res_end,
                       channel_base=gc.channel_base, channel_max=gc.channel_max, map_depth=gc.map_depth,
                       gen_pose_cond=gc.gen_pose_cond, c_scale=gc.c_scale, start_pe=gc.start_pe, compat=self.compat,
-                      neural_rendering_resolution=gc.neural_rendering_resolution or res)
+                      neural_rendering_resolution=gc.neural_rendering_resolution or res, backdrop=gc.backdrop,
+                      backdrop_color=gc.backdrop_color)
         kwargs.update(gc.extra)
         return kwargs
 
@@ -294,8 +306,10 @@ CFG_DEFAULTS = {
     "shapenet": {"resolution": 128, "gpc_reg_prob": 0.5, "center_dists": 1.0, "prob_uniform": 0.0},
     # `shapes` is tuned for the CPU (the quickstart measures it): 16x16, two levels, no background Gaussians (the data
     # has none), no D-input blur (its sigma is in pixels of 256-512 px images), a small R1 gamma (the official 1 is
-    # sized for 256-512 px), twice the official learning rates and near-uniform initial colours.
-    "shapes": {"resolution": 16, "gpc_reg_prob": 0.5, "center_dists": 1.0, "prob_uniform": 0.5,
+    # sized for 256-512 px), twice the official learning rates and near-uniform initial colours. Its backdrop is
+    # decided from the data: none on black (the tuned, measured case stays exactly as it was), a learned backdrop
+    # at infinity on anything else (its Gaussians would otherwise have to paint it).
+    "shapes": {"backdrop": "auto", "resolution": 16, "gpc_reg_prob": 0.5, "center_dists": 1.0, "prob_uniform": 0.5,
                "batch": 8, "kimg": 50.0, "tick": 1.0, "snap": 10, "workers": 1, "blur_fade_kimg": 0.0,
                "gaussian_num_pts": 64, "res_end": 16, "cbase": 16384, "cmax": 128,
                "gamma": 0.1, "glr": 0.005, "dlr": 0.004,

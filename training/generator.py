@@ -10,9 +10,12 @@ from torch import Tensor, nn
 
 from splatting.backends import BACKENDS
 from splatting.gaussians import Gaussians
+from training.backdrop import BackdropField, check_backdrop
 from training.background import BackgroundGenerator
+from training.gs_params import GSParams
 from training.mapping import MappingNetwork
 from training.point_generator import PointGenerator
+from training.precision import check_dtype_name, feature_precision
 
 # Opacity logit used by gs_params.opacity_ones. The official code sets the *logit* to 1 (opacity 0.73); the clean
 # mode means what the name says: opacity 0.999 (the rasterizer caps alpha at 0.99 anyway).
@@ -63,46 +66,14 @@ class GeneratedScene:
     view_levels: (count, level) runs in Gaussian order: a run of foreground level `level` >= 0 gets that level's
     view colour offset for the camera it is seen from; -1 marks runs without one (anchors, background).
     fixed_view: gs_params.camera_cond, the colour direction is (0, 0, -1) whatever the camera.
+    backdrop: the backdrop coefficients [B, F, 3] (training/backdrop.py), or None: black behind the Gaussians.
     """
 
     gaussians: Gaussians
     anchors: list[Gaussians]
     view_levels: tuple[tuple[int, int], ...]
     fixed_view: bool = False
-
-
-@dataclass(frozen=True)
-class GSParams:
-    """Visualization controls for GSGenerator.synthesis (the official gs_params).
-
-    res_visualize: foreground levels to keep (None = all). point_index: keep only the descendants of these
-    initial points (level l: indices [i * r^l, (i + 1) * r^l)). num_init_near_point: replace the single
-    point_index by its k nearest initial points (raw _xyz, itself included). visualize_anchor: render the anchors
-    (with opacity_ones) instead of the rendered Gaussians. opacity_ones, rendering_scale (added to log-scales)
-    and the anchor switch act on the foreground only. camera_cond: colour direction fixed to (0, 0, -1).
-    """
-
-    res_visualize: tuple[int, ...] | None = None
-    point_index: tuple[int, ...] | None = None
-    num_init_near_point: int | None = None
-    visualize_anchor: bool = False
-    opacity_ones: bool = False
-    rendering_scale: float = 0.0
-    disable_background: bool = False
-    camera_cond: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("res_visualize", "point_index"):
-            value = getattr(self, name)
-            if value is not None:
-                value = (value,) if isinstance(value, int) else tuple(int(v) for v in value)
-                if any(v < 0 for v in value):
-                    raise ValueError(f"GSParams.{name}: expected non-negative integers, got {value}")
-                object.__setattr__(self, name, value)
-        if self.num_init_near_point is not None:
-            if self.point_index is None or len(self.point_index) != 1 or self.num_init_near_point < 1:
-                raise ValueError("GSParams.num_init_near_point: needs k >= 1 and exactly one point_index, got "
-                                 f"k={self.num_init_near_point}, point_index={self.point_index}")
+    backdrop: Tensor | None = None
 
 
 class GSGenerator(nn.Module):
@@ -125,8 +96,12 @@ class GSGenerator(nn.Module):
                  bg_scale_clamp_min: float = -10.0, near_plane: float = 0.2, compat: bool = False,
                  c_scale: float = 1.0, gen_pose_cond: bool = True, map_depth: int = 2,
                  map_lr_multiplier: float = 0.01, w_avg_beta: float = 0.998,
-                 neural_rendering_resolution: int | None = None, rendering_backend: str = "auto"):
+                 neural_rendering_resolution: int | None = None, backdrop: str = "off",
+                 backdrop_color: tuple[float, float, float] = (0.0, 0.0, 0.0), rendering_backend: str = "auto"):
         self_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__", "rendering_backend")}
+        backdrop, self_kwargs["backdrop_color"] = check_backdrop(backdrop, backdrop_color)
+        if backdrop == "off":  # recorded only when on: generators without one keep their snapshots' init_kwargs
+            del self_kwargs["backdrop"], self_kwargs["backdrop_color"]
         total = _configured_gaussians(num_points, res_end, up_ratio, bg_num_points, bg_up_ratio)
         if total is not None and total > MAX_GAUSSIANS_PER_SAMPLE:
             raise ValueError(f"GSGenerator: num_points={num_points}, res_end={res_end}, up_ratio={up_ratio}, "
@@ -135,6 +110,7 @@ class GSGenerator(nn.Module):
         super().__init__()
         self.init_kwargs = self_kwargs
         self.backend = "auto"
+        self.inference_dtype = "fp32"
         self.img_resolution, self.z_dim, self.w_dim, self.c_dim = img_resolution, z_dim, w_dim, c_dim
         self.compat = compat
         self.near_plane = near_plane
@@ -153,10 +129,12 @@ class GSGenerator(nn.Module):
             w_dim=w_dim, num_points=bg_num_points, radius=bg_radius, channels=bg_channels, up_ratio=bg_up_ratio,
             scale_init=bg_scale_init, opacity_init=opacity_init, percent_dense=bg_percent_dense,
             split_ratio=bg_split_ratio, scale_clamp_min=bg_scale_clamp_min) if bg_num_points > 0 else None
-        self.num_ws = self.points.num_ws + (1 if self.background is not None else 0)  # the last w drives it
+        # The last w drives the background Gaussians and the backdrop (one extra w when either exists).
+        self.num_ws = self.points.num_ws + (1 if self.background is not None or backdrop != "off" else 0)
         self.mapping_network = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, num_layers=map_depth,
                                               lr_multiplier=map_lr_multiplier, c_scale=c_scale,
                                               w_avg_beta=w_avg_beta, pose_cond=gen_pose_cond)
+        self.backdrop = BackdropField(w_dim, backdrop_color) if backdrop == "field" else None
 
     @property
     def backend(self) -> str:
@@ -166,6 +144,16 @@ class GSGenerator(nn.Module):
     @backend.setter
     def backend(self, name: str) -> None:
         self._backend = check_backend_name(name)
+
+    @property
+    def inference_dtype(self) -> str:
+        """'fp32' or 'bf16': the precision of the point generator's feature networks in calls that name none
+        (training/precision.py; a runtime setting like `backend`, never saved)."""
+        return self._inference_dtype
+
+    @inference_dtype.setter
+    def inference_dtype(self, name: str) -> None:
+        self._inference_dtype = check_dtype_name(name)
 
     # ----------------------------------------------------------------------------------------------
     def gaussian_counts(self) -> dict:
@@ -184,29 +172,36 @@ class GSGenerator(nn.Module):
 
     def synthesis(self, ws: Tensor, c: Tensor, neural_rendering_resolution: int | None = None,
                   gs_params: GSParams | None = None, background: bool = True, backend: str | None = None,
-                  validate: bool = True) -> dict:
+                  validate: bool = True, dtype: str | None = None) -> dict:
         """ws [B, num_ws, w_dim], c [B, 25] rendering camera -> dict(image, image_depth, image_alpha, gaussians,
-        anchors). background=False (or gs_params.disable_background) leaves the background generator unused.
-        backend: rasterizer for this call (None = self.backend). validate: see render_scene."""
+        anchors). background=False (the training schedule's delay) leaves the background generator unused but keeps
+        the backdrop; gs_params.disable_background leaves out both (black behind the foreground).
+        backend: rasterizer for this call (None = self.backend). validate: see render_scene. dtype: 'fp32' or
+        'bf16' feature networks for this call (None = self.inference_dtype; see training/precision.py)."""
         self._check_ws(ws)
         if c.ndim != 2 or c.shape != (ws.shape[0], 25):
             raise ValueError(f"GSGenerator.synthesis: c must be [B, 25] EG3D labels with B = {ws.shape[0]}, "
                              f"got {list(c.shape)}")
-        scene = self.generate_scene(ws, gs_params, background)
+        scene = self.generate_scene(ws, gs_params, background, dtype=dtype)
         out = self.render_scene(scene, c, neural_rendering_resolution, backend, validate=validate)
         return dict(out, anchors=scene.anchors)
 
-    def generate_scene(self, ws: Tensor, gs_params: GSParams | None = None, background: bool = True) -> GeneratedScene:
-        """ws [B, num_ws, w_dim] -> the Gaussians of B scenes without their colours' view term (GeneratedScene)."""
+    def generate_scene(self, ws: Tensor, gs_params: GSParams | None = None, background: bool = True,
+                       dtype: str | None = None) -> GeneratedScene:
+        """ws [B, num_ws, w_dim] -> the Gaussians of B scenes without their colours' view term (GeneratedScene).
+        dtype: as in synthesis (the Gaussians are float32 either way)."""
         self._check_ws(ws)
         gp = gs_params or GSParams()
-        levels, anchors = self.points(ws[:, :self.points.num_ws], None)
+        gp.check_for(self.gaussian_counts())
+        with feature_precision(self.points, self.inference_dtype if dtype is None else dtype, ws.device):
+            levels, anchors = self.points(ws[:, :self.points.num_ws], None)
         foreground, view_levels = self._select_foreground(levels, anchors, gp)
         parts = [foreground]
         if background and not gp.disable_background and self.background is not None:
             parts.append(self.background(ws[:, -1]))
             view_levels += ((parts[-1].num_gaussians, -1),)
-        return GeneratedScene(Gaussians.cat(parts), anchors, view_levels, gp.camera_cond)
+        backdrop = self.backdrop(ws[:, -1]) if self.backdrop is not None and not gp.disable_background else None
+        return GeneratedScene(Gaussians.cat(parts), anchors, view_levels, gp.camera_cond, backdrop)
 
     def render_scene(self, scene: GeneratedScene, c: Tensor, neural_rendering_resolution: int | None = None,
                      backend: str | None = None, validate: bool = True) -> dict:
@@ -248,6 +243,10 @@ class GSGenerator(nn.Module):
         out = render(seen, cameras, background=None,
                      backend=self.backend if backend is None else check_backend_name(backend), validate=validate)
         color, depth, alpha = out.color[:, 0], out.depth[:, 0], out.alpha[:, 0]
+        if scene.backdrop is not None:  # render's own (1 - alpha) * background, with a colour per pixel
+            backdrop = self.backdrop.image(scene.backdrop.repeat_interleave(v, dim=0), cameras.world_to_cam[:, 0],
+                                           cameras.K[:, 0], res, res)
+            color = color + (1 - alpha) * backdrop.to(color.dtype)
         if self.compat:  # official depth: sum of w * z (not alpha-normalized), empty pixels set to the image's max
             depth = depth * alpha
             max_depth = depth.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
@@ -273,10 +272,7 @@ class GSGenerator(nn.Module):
                            gp: GSParams) -> tuple[Gaussians, tuple[tuple[int, int], ...]]:
         """-> (the foreground to render, its (count, view level) runs: see GeneratedScene.view_levels)."""
         source = anchors if gp.visualize_anchor else levels
-        name = "anchor levels" if gp.visualize_anchor else "levels"
         keep = gp.res_visualize if gp.res_visualize is not None else tuple(range(len(source)))
-        if any(level >= len(source) for level in keep):
-            raise ValueError(f"GSParams.res_visualize: {keep} out of range; this generator has {len(source)} {name}")
         point_index = self._resolve_point_index(gp)
         parts = []
         for level in keep:
@@ -296,15 +292,11 @@ class GSGenerator(nn.Module):
         return fg, view_levels
 
     def _resolve_point_index(self, gp: GSParams) -> Tensor | None:
+        """The initial points whose descendants are kept (gp was checked by GSParams.check_for)."""
         if gp.point_index is None:
             return None
         xyz = self.points._xyz.detach()
-        p0 = xyz.shape[0]
-        if any(i >= p0 for i in gp.point_index):
-            raise ValueError(f"GSParams.point_index: {gp.point_index} out of range for {p0} initial points")
         if gp.num_init_near_point is None:
             return torch.tensor(gp.point_index, device=xyz.device)
-        if gp.num_init_near_point > p0:
-            raise ValueError(f"GSParams.num_init_near_point: {gp.num_init_near_point} > {p0} initial points")
         dist = (xyz - xyz[gp.point_index[0]]).square().sum(-1)
         return dist.topk(gp.num_init_near_point, largest=False).indices

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from splatting.gaussians import Gaussians
-from training.generator import GSGenerator, GSParams
+from training.generator import GSGenerator
 from training.layers import LFF, AdaMLP, EqLinear
 from training.point_generator import ConstPE, GaussianHeads, channel_count, with_identity_quat
 
@@ -107,8 +107,3 @@ class NaiveGenerator(GSGenerator):
             start_pe=args["start_pe"], compat=args["compat"], const_pe_length=args["const_pe_length"],
             xyz_output_scale=args["xyz_output_scale"], opacity_init=args["opacity_init"], view_dim=args["view_dim"],
             head_weight_init=args["head_weight_init"])
-
-    def _select_foreground(self, levels, anchors, gp: GSParams):
-        if gp.visualize_anchor:
-            raise ValueError("GSParams.visualize_anchor: the naive generator has no anchors")
-        return super()._select_foreground(levels, anchors, gp)

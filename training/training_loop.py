@@ -1,7 +1,8 @@
 """GSGAN training: set-up, the iteration loop and per-tick maintenance (logs, grids, snapshots, metrics).
 
-`Trainer` runs in every process (rank); rank 0 writes files. Process launching (single process, N spawned
-processes, torchrun) and the run directory live in training/launch code at the bottom of this file.
+`Trainer` runs in every process (rank); rank 0 writes files. Launching (single process, N spawned processes,
+torchrun) and the run directory: training/launch.py; the fixed sample grid: training/sample_grid.py; what every
+rank does the same in the reconstruction half: torch_utils/rank_trainer.py.
 Resume is exact: a snapshot holds the networks, optimizer and ADA states, the image/tick/iteration counters
 and every RNG (global per rank, the per-rank sampling generator, the per-rank data position).
 The last good state is the last snapshot on disk (no copy of the networks is held in memory between snapshots):
@@ -10,73 +11,38 @@ a training fault stops the run and names that file.
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
-import resource
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import tqdm
 
-import dnnlib
 from torch_utils import checkpoint, distributed, misc
-from torch_utils.run_control import (exit_status, ignore_stop_signals, install_stop_handlers, launch_training,
-                                     restore_handlers, run_rank, shutdown_loader)
-from torch_utils.stats import StatsCollector, StatsWriter, format_tick_line
+from torch_utils.launcher import TrainingFault
+from torch_utils.rank_trainer import RankTrainer
+from torch_utils.run_control import exit_status
+from torch_utils.stats import format_tick_line
 from training import loss as L
 from training.config import TrainConfig
+from training.launch import TrainResult, launch
+from training.sample_grid import SampleGrid
 from training.steps import PhaseData, PhaseRunner
 
-class TrainingFault(RuntimeError):
-    """A non-finite loss or gradient (the message names the phase and the tick)."""
+__all__ = ["Trainer", "TrainResult", "TrainingFault", "launch"]  # launch: the entry point, also importable here
 
 
-@dataclass
-class TrainResult:
-    run_dir: str
-    status: str            # "done" | "interrupted" | "fault"
-    cur_nimg: int
-    snapshot: str | None   # the last snapshot written (for a fault: the last good state)
-    message: str = ""
-    rank_digests: tuple = ()  # sha256 of G, D, G_ema state per rank at the end (all equal under DDP)
-
-    @property
-    def exit_status(self) -> int:
-        """The process exit status a CLI should end with (torch_utils.run_control.exit_status)."""
-        return exit_status(self.status)
-
-
-
-# fakes*.png render at least this many pixels per image: Gaussians are resolution-free, and a 16-px model's samples
-# show what it learned only when rendered larger (the discriminator still sees the training resolution).
-GRID_MIN_RESOLUTION = 128
-
-
-def grid_shape(config: TrainConfig, resolution: int) -> tuple[int, int]:
-    """(columns, rows): official clip(7680/W, 7, 32) x clip(4320/H, 4, 32) unless config.grid_size is set."""
-    if config.grid_size is not None:
-        return tuple(config.grid_size)
-    return int(np.clip(7680 // resolution, 7, 32)), int(np.clip(4320 // resolution, 4, 32))
-
-
-
-
-class Trainer:
+class Trainer(RankTrainer):
     """All state of one process's training run."""
 
+    step_name = "iteration"
+
     def __init__(self, config: TrainConfig, run_dir: str, rank: int, world: int, device: torch.device):
-        self.cfg, self.run_dir, self.rank, self.world, self.device = config, run_dir, rank, world, device
-        self.log = dnnlib.setup_logging(run_dir, rank)
-        self.stats = StatsCollector()
-        self.writer = StatsWriter(run_dir) if rank == 0 else None
-        self.stop_signal: str | None = None
+        super().__init__(run_dir, rank, world, device)
+        self.cfg = config
         self.cur_nimg = self.cur_tick = self.batch_idx = 0
         self.official_resume = False
         self.last_snapshot: str | None = None   # the last snapshot written by this run (rank 0)
         self.resumed_from: str | None = None
-        self.loader = None
         self.sample_gen = torch.Generator().manual_seed(config.seed * 7919 + 104729 * (rank + 1))
         misc.set_seed(config.seed, rank, world)
 
@@ -138,11 +104,7 @@ class Trainer:
         per_rank = self.cfg.batch_size // self.world
         self.sampler = misc.InfiniteSampler(len(self.dataset), self.rank, self.world, self.cfg.seed,
                                             start=self.batch_idx * per_rank)
-        workers = self.cfg.data.workers
-        self.loader = iter(torch.utils.data.DataLoader(
-            self.dataset, sampler=self.sampler, batch_size=per_rank, num_workers=workers,
-            pin_memory=self.device.type == "cuda", prefetch_factor=2 if workers > 0 else None,
-            persistent_workers=False, worker_init_fn=ignore_stop_signals if workers > 0 else None))
+        self.loader = self.make_loader(self.dataset, per_rank, self.cfg.data.workers, sampler=self.sampler)
 
     # ------------------------------------------------------------------------------------------ resume
     def _resume(self, path: str) -> None:
@@ -205,14 +167,6 @@ class Trainer:
             "training_set_kwargs": {"path": self.cfg.data.path, "resolution": self.resolution,
                                     "xflip": self.cfg.data.mirror, "use_labels": True},
         }
-
-    def write_snapshot(self, payload: dict | None, nimg: int) -> str | None:
-        """Rank 0 writes network-snapshot-KKKKKK.pt atomically; returns its path (None on other ranks)."""
-        if self.rank != 0:
-            return None
-        path = os.path.join(self.run_dir, checkpoint.snapshot_filename(nimg))
-        checkpoint.atomic_torch_save(payload, path)
-        return path
 
     # ------------------------------------------------------------------------------------------ data
     def next_batches(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -316,64 +270,44 @@ class Trainer:
         self.log_start()
         if getattr(self, "resume_rng", None) is not None:  # after start-up work that used the global RNGs
             self.restore_rank_state(self.resume_rng)
-        previous = install_stop_handlers(self._on_stop_signal)
         status = "done"
-        progress = tqdm.tqdm(total=int(self.cfg.total_kimg * 1000), initial=self.cur_nimg, unit="img",
-                             disable=None if self.rank == 0 else True, dynamic_ncols=True, leave=False)
-        try:
-            while True:
-                stop = self.train_step()
-                progress.update(self.cfg.batch_size)
-                done = self.cur_nimg >= self.cfg.total_kimg * 1000
-                tick_over = self.cur_nimg >= self.tick_start_nimg + self.cfg.kimg_per_tick * 1000
-                if not (done or stop or self.cur_tick == 0 or tick_over):
-                    continue
-                self.end_tick(final=done or stop, run_metrics=not stop)
-                if stop:
-                    status = "interrupted"
-                    self.log.warning(f"interrupted by {self.stop_signal or 'a signal on another rank'} at kimg "
-                                     f"{self.cur_nimg / 1e3:.3f} of {self.cfg.total_kimg:g}; snapshot: "
-                                     f"{self.last_snapshot}; exit status {exit_status(status)} (not finished: "
-                                     f"continue with --resume)")
-                if done or stop:
-                    break
-        except TrainingFault as fault:
-            return self._on_fault(fault)
-        finally:
-            progress.close()
-            restore_handlers(previous)
+        with self.training_session(int(self.cfg.total_kimg * 1000), self.cur_nimg, "img") as progress:
+            try:
+                while True:
+                    stop = self.train_step()
+                    progress.update(self.cfg.batch_size)
+                    done = self.cur_nimg >= self.cfg.total_kimg * 1000
+                    tick_over = self.cur_nimg >= self.tick_start_nimg + self.cfg.kimg_per_tick * 1000
+                    if not (done or stop or self.cur_tick == 0 or tick_over):
+                        continue
+                    self.end_tick(final=done or stop, run_metrics=not stop)
+                    if stop:
+                        status = "interrupted"
+                        self.log.warning(f"interrupted by {self.stop_signal or 'a signal on another rank'} at kimg "
+                                         f"{self.cur_nimg / 1e3:.3f} of {self.cfg.total_kimg:g}; snapshot: "
+                                         f"{self.last_snapshot}; exit status {exit_status(status)} (not finished: "
+                                         f"continue with --resume)")
+                    if done or stop:
+                        break
+            except TrainingFault as fault:
+                return self._on_fault(fault)
         return TrainResult(self.run_dir, status, self.cur_nimg, self.last_snapshot,
-                           rank_digests=self.check_rank_consistency())
-
-    def check_rank_consistency(self) -> tuple:
-        """Digest of every rank's G, D and G_ema state; logs the differing tensors when the ranks diverged."""
-        per_tensor = misc.state_digests({"G": self.G, "D": self.D, "G_ema": self.G_ema})
-        digest = hashlib.sha256("".join(f"{k}={v};" for k, v in sorted(per_tensor.items())).encode()).hexdigest()
-        gathered = distributed.all_gather_objects((digest, per_tensor))
-        digests = tuple(d for d, _ in gathered)
-        if len(set(digests)) > 1:
-            differing = sorted(k for k in per_tensor if len({tensors.get(k) for _, tensors in gathered}) > 1)
-            self.log.error(f"state differs between processes in: {', '.join(differing[:10])}")
-        elif self.world > 1:
-            self.log.info(f"parameters identical across {self.world} processes")
-        return digests
+                           rank_digests=self.rank_digests({"G": self.G, "D": self.D, "G_ema": self.G_ema}))
 
     def end_tick(self, final: bool, run_metrics: bool = True) -> None:
         tick = self.cur_tick
         self.report_tick()
-        stats = self.stats.collect(self.device if self.device.type == "cuda" else "cpu")
-        if self.rank == 0:
-            self.writer.write(stats, self.cur_nimg / 1e3)
-            self.log.info(format_tick_line(stats))
+        self.write_tick_stats(self.cur_nimg / 1e3, format_tick_line)
         maintenance_start = time.time()
         self.average_buffers()
         self.cur_tick += 1
         self.tick_start_nimg = self.cur_nimg
         image_every, snap_every = self.cfg.image_snapshot_ticks, self.cfg.snapshot_ticks
         if self.rank == 0 and (final or (image_every and tick % image_every == 0)):
-            self.save_fakes(f"fakes{checkpoint.kimg_label(self.cur_nimg)}")
+            self.grid.save_fakes(self.G_ema, self.device, self.run_dir, f"fakes{checkpoint.kimg_label(self.cur_nimg)}")
         if final or (snap_every and tick % snap_every == 0):
-            path = self.write_snapshot(self.payload(), self.cur_nimg)  # the payload is freed once written
+            # The payload (a full CPU copy of the networks and optimizers) is freed as soon as it is written.
+            path = self.write_snapshot(self.payload(), checkpoint.snapshot_filename(self.cur_nimg))
             self.last_snapshot = path if self.rank == 0 else None
             if run_metrics:
                 self.run_metrics(path)
@@ -391,40 +325,12 @@ class Trainer:
         self.log.error(message)
         return TrainResult(self.run_dir, "fault", self.cur_nimg, path if self.rank == 0 else None, message)
 
-    # ------------------------------------------------------------------------------------------ signals
-    def _on_stop_signal(self, name: str) -> None:
-        self.stop_signal = name
-        self.log.warning(f"received {name}: finishing this iteration, then writing a snapshot")
-
     # ------------------------------------------------------------------------------------------ maintenance
     def prepare_grid(self) -> None:
-        """Fixed grid reals/z/c for reals.png and fakes*.png (rank 0)."""
-        if self.rank != 0:
-            return
-        self.grid_size = grid_shape(self.cfg, self.resolution)
-        count = self.grid_size[0] * self.grid_size[1]
-        rng = np.random.RandomState(self.cfg.seed)
-        idx = rng.choice(len(self.dataset), count, replace=count > len(self.dataset))
-        reals = torch.from_numpy(np.stack([self.dataset[int(i)][0] for i in idx])).float() / 127.5 - 1
-        misc.save_image_grid(reals, os.path.join(self.run_dir, "reals.png"), self.grid_size)
-        self.grid_z = torch.randn(count, self.G.z_dim, generator=torch.Generator().manual_seed(self.cfg.seed))
-        self.grid_c = self.all_labels[torch.from_numpy(idx)]
-
-    @torch.no_grad()
-    def save_fakes(self, name: str) -> None:
-        """fakesKKKKKK.png (G_ema, background on) and fakesKKKKKK_depth.png (negated depth, min-max), rendered at
-        max(training resolution, GRID_MIN_RESOLUTION) per image."""
-        images, depths = [], []
-        resolution = max(self.resolution, GRID_MIN_RESOLUTION)
-        for z, c in zip(self.grid_z.split(self.cfg.batch_gpu), self.grid_c.split(self.cfg.batch_gpu)):
-            out = self.G_ema(z.to(self.device), c.to(self.device), neural_rendering_resolution=resolution)
-            images.append(out["image"].cpu())
-            depths.append(-out["image_depth"].cpu())
-        depth = torch.cat(depths)
-        lo, hi = float(depth.min()), float(depth.max())
-        misc.save_image_grid(torch.cat(images), os.path.join(self.run_dir, f"{name}.png"), self.grid_size)
-        misc.save_image_grid(depth, os.path.join(self.run_dir, f"{name}_depth.png"), self.grid_size,
-                             drange=(lo, hi if hi > lo else lo + 1))
+        """The fixed grid of reals.png and fakes*.png (rank 0)."""
+        if self.rank == 0:
+            self.grid = SampleGrid(self.cfg, self.dataset, self.all_labels, self.G.z_dim)
+            self.grid.save_reals(self.dataset, os.path.join(self.run_dir, "reals.png"))
 
     def log_start(self) -> None:
         if self.rank != 0:
@@ -451,14 +357,8 @@ class Trainer:
         report("Progress/augment", float(self.augment_pipe.p) if self.augment_pipe is not None else 0.0)
         for key, value in self.runner.schedule(self.cur_nimg).items():
             report(f"Progress/{key}", float(value))
-        report("Timing/total_sec", now - self.start_time)
-        report("Timing/sec_per_tick", now - self.tick_start_time)
         report("Timing/sec_per_kimg", (now - self.tick_start_time) / tick_nimg * 1e3)
-        report("Timing/maintenance_sec", getattr(self, "maintenance_sec", 0.0))
-        report("Resources/cpu_mem_gb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-        if self.device.type == "cuda":
-            report("Resources/peak_gpu_mem_gb", torch.cuda.max_memory_allocated(self.device) / 2**30)
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self.report_timing(now)
 
     def run_metrics(self, snapshot_path: str | None) -> None:
         if not self.cfg.metrics:
@@ -473,44 +373,3 @@ class Trainer:
             if self.rank == 0:
                 metric_main.report_metric(result, self.run_dir, snapshot_path)
                 self.log.info(f"metric {metric}: {result['results']} ({result['total_time_str']})")
-
-    def close(self) -> None:
-        """Also on errors: stop the DataLoader workers first (they ignore stop signals, so a worker left to the
-        interpreter's exit would be waited for forever)."""
-        if self.loader is not None:
-            shutdown_loader(self.loader)
-            self.loader = None
-        if self.writer is not None:
-            self.writer.close()
-        dnnlib.close_logging()
-
-
-# ---------------------------------------------------------------------------------------------- launching
-def run_description(config: TrainConfig) -> str:
-    name = os.path.splitext(os.path.basename(os.path.normpath(config.data.path)))[0] or "data"
-    desc = f"{config.cfg}-{name}-gpus{config.num_gpus}-batch{config.batch_size}-gamma{config.loss.r1_gamma:g}"
-    return desc + (f"-{config.desc}" if config.desc else "")
-
-
-def _official_cuda_flags() -> None:
-    torch.backends.cuda.matmul.allow_tf32 = False  # official: TF32 off, cuDNN benchmark on
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
-
-
-def training_process(rank: int, world: int, config: TrainConfig, run_dir: str, init_method: str | None = None,
-                     local_rank: int = 0) -> TrainResult:
-    """Body of one process: device set-up, process group, Trainer."""
-    return run_rank(lambda device: Trainer(config, run_dir, rank, world, device), rank, world, config.device,
-                    init_method, local_rank, on_cuda=_official_cuda_flags)
-
-
-def _spawned(index: int, init_method: str, world: int, config_dict: dict, run_dir: str) -> dict:
-    result = training_process(index, world, TrainConfig.from_dict(config_dict), run_dir, init_method, index)
-    return result.__dict__
-
-
-def launch(config: TrainConfig) -> TrainResult:
-    """Validate, create the run directory, write training_options.json and train (1 process, N spawned
-    processes, or one torchrun rank). Returns rank 0's result (each torchrun rank returns its own)."""
-    return launch_training(config, run_description(config), training_process, _spawned, TrainResult)

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import reconstruct
 from reconstruction import evaluate as E
-from reconstruction import loop, media
+from reconstruction import loop, media, tick_outputs, train_setup
 from reconstruction.config import ReconTrainOptions, resolve_options
 from tests.reconstruction.test_loop import make_dataset, tiny_options
 from tests.reconstruction.test_reconstruct_cli import TINY_TRAIN, error_line, invoke
@@ -79,7 +78,7 @@ def test_densify_options_default_off_and_old_option_files_still_load():
 
 
 def test_densify_generator_is_a_pure_function_of_seed_rank_step_and_pass():
-    draw = lambda *key: torch.rand(4, generator=loop.densify_generator(*key))  # noqa: E731
+    draw = lambda *key: torch.rand(4, generator=train_setup.densify_generator(*key))  # noqa: E731
     assert torch.equal(draw(0, 0, 5, 0), draw(0, 0, 5, 0))
     for other in ((1, 0, 5, 0), (0, 1, 5, 0), (0, 0, 6, 0), (0, 0, 5, 1)):
         assert not torch.equal(draw(0, 0, 5, 0), draw(*other)), other
@@ -130,10 +129,35 @@ def test_snapshots_without_a_densifier_record_load_as_plain_runs(dense_run, tmp_
 
 def test_selection_overlay_marks_exactly_the_selected_pixels():
     image = torch.full((1, 3, 2, 3), 0.8)
-    out = loop.selection_overlay(image, torch.tensor([[1, 5]]))
+    out = tick_outputs.selection_overlay(image, torch.tensor([[1, 5]]))
     red = (out[0, 0] == 1) & (out[0, 1] == 0) & (out[0, 2] == 0)
     assert red.flatten().nonzero().flatten().tolist() == [1, 5]
     assert torch.allclose(out[0, :, 0, 0], torch.full((3,), 0.4))
+
+
+def test_densifier_takes_its_own_peak_learning_rate(data_root, tmp_path):
+    """--densify-lr: the densifier's parameters are the optimizer's second group, with their own OneCycle peak;
+    without it both groups follow --lr."""
+    peaks = {}
+    for name, changes in (("own", {"optim.densify_lr": 1e-3}), ("same", {})):
+        os.makedirs(tmp_path / name)
+        trainer = loop.ReconTrainer(dense_options(data_root, str(tmp_path), steps=100, **changes),
+                                    str(tmp_path / name), 0, 1, torch.device("cpu"))
+        try:
+            trainer.setup()
+            encoder_group, densifier_group = trainer.optimizer.param_groups
+            assert len(encoder_group["params"]) == len(list(trainer.encoder.parameters()))
+            assert len(densifier_group["params"]) == len(list(trainer.densifier.parameters()))
+            peaks[name] = (encoder_group["max_lr"], densifier_group["max_lr"])
+            # the schedule starts every group at its peak / div_factor
+            assert densifier_group["lr"] == pytest.approx(peaks[name][1] / 25)
+        finally:
+            trainer.close()
+    assert peaks == {"own": (2e-4, 1e-3), "same": (2e-4, 2e-4)}
+    with pytest.raises(ValueError, match="--densify-lr must be > 0"):
+        dense_options(data_root, str(tmp_path), **{"optim.densify_lr": -1.0}).validate()
+    with pytest.raises(ValueError, match="densify_lr: expected a finite number"):
+        dense_options(data_root, str(tmp_path), **{"optim.densify_lr": float("nan")})
 
 
 def test_fine_tune_from_a_base_run_starts_fresh_at_step_zero(data_root, base_run, tmp_path):
@@ -302,6 +326,9 @@ def test_densify_bad_inputs_are_one_line(data_root, base_run, dense_run, tmp_pat
     assert "unknown key(s) colour" in error_line(invoke(*common, *DENSIFY_ARGS, "--densify-arg", "colour=1"))
     assert "unknown name 'huge'" in error_line(invoke(*common, *DENSIFY_ARGS, "--densify-preset", "huge"))
     assert "given without --densify" in error_line(invoke(*common, "--k-num", 3))
+    assert "--densify-lr given without --densify" in error_line(invoke(*common, "--densify-lr", 1e-3))
+    assert "densify_lr: expected a finite number, got nan" in error_line(invoke(*common, *DENSIFY_ARGS,
+                                                                                "--densify-lr", "nan"))
     assert "KEY=VALUE" in error_line(invoke(*common, *DENSIFY_ARGS, "--densify-arg", "x"))
     # --resume of files that are not reconstruction snapshots
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")

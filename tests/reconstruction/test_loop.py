@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reconstruction import evaluate as E
-from reconstruction import loop, media
+from reconstruction import loop, media, train_setup
 from reconstruction.config import ConfigError, ReconTrainOptions, resolve_options
 from reconstruction.loss import ReconstructionLoss
 from torch_utils import checkpoint
@@ -109,7 +109,7 @@ def test_schedule_is_the_official_one_cycle():
     options = resolve_options("scenes", {"steps": 1000})
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.Adam([param], lr=options.optim.lr)
-    schedule = loop.build_schedule(optimizer, options)
+    schedule = train_setup.build_schedule(optimizer, options)
     lrs = []
     for _ in range(options.steps):
         lrs.append(optimizer.param_groups[0]["lr"])
