@@ -115,7 +115,8 @@ def calc_metric(metric: str, G=None, dataset_kwargs: dict | None = None, num_gpu
     """Compute one metric of G; every rank must call it (same arguments) when num_gpus > 1.
 
     Returns dict(results={name: value, ...}, metric, total_time, total_time_str, num_gpus, num_real_images,
-    num_gen_images, notes). Extra options go to MetricOptions (cache_dir, batch_size, batch_gen, num_workers).
+    num_gen_images, notes, inference_dtype): the last is G's feature-network precision ('fp32' / 'bf16'), so a
+    metric line of a bf16 run is told from an fp32 one. Extra options go to MetricOptions (cache_dir, batch_size, batch_gen, num_workers).
     """
     spec = parse_metric(metric)
     if not dataset_kwargs or "path" not in dataset_kwargs:
@@ -131,7 +132,8 @@ def calc_metric(metric: str, G=None, dataset_kwargs: dict | None = None, num_gpu
     total_time = time.time() - start
     return dict(results={k: float(v) for k, v in results.items()}, metric=metric, total_time=total_time,
                 total_time_str=format_time(total_time), num_gpus=num_gpus, num_real_images=num_real,
-                num_gen_images=spec.num_gen, notes=list(opts.notes))
+                num_gen_images=spec.num_gen, notes=list(opts.notes),
+                inference_dtype=getattr(G, "inference_dtype", "fp32"))
 
 
 def format_time(seconds: float) -> str:

@@ -100,6 +100,12 @@ def test_end_to_end_tiny_snapshot(setup, tmp_path):
     stored = (setup["run_dir"] / "metric-fid8_full.jsonl").read_text().splitlines()
     assert json.loads(stored[-1]) == lines[0]
     assert len(os.listdir(cache / "gan-metrics")) == 2  # mean/cov (FID) and all features (KID)
+    assert lines[0]["inference_dtype"] == "fp32"
+    # a bf16 run (forced: this CPU may have no native bf16) is told apart in its metric line
+    forced = invoke("--metrics=fid8_full", f"--network={setup['run_dir']}", f"--detector={setup['detector']}",
+                    "--device=cpu", f"--cache-dir={cache}", "--dtype=bf16", env={"GSGAN_FORCE_BF16": "1"})
+    assert forced.exit_code == 0, forced.output
+    assert json.loads(forced.stdout)["inference_dtype"] == "bf16"
 
 
 @pytest.mark.slow
