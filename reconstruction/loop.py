@@ -60,13 +60,11 @@ class ReconTrainer(RankTrainer):
             self.log.info(f"initialized the encoder from {self.opts.init}")
         self.densifier = build_densifier(self.opts, self.encoder)
         distributed.broadcast_module(self.encoder)
-        modules = [self.encoder]
         if self.densifier is not None:
             self.densifier = self.densifier.to(self.device).train()
             distributed.broadcast_module(self.densifier)
-            modules.append(self.densifier)
-        self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.encoder, self.densifier, self.opts)
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]  # encoder first
         self.scheduler = build_schedule(self.optimizer, self.opts)
         lo = self.opts.loss
         self.loss = ReconstructionLoss(lo.mse_weight, lo.lpips_weight, lo.lpips_after)

@@ -30,10 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from reconstruction.geometry import camera_rays
+from training.config import BACKDROP_MODES
 from training.layers import EqLinear
 
-# What a generator can be built with ("off": no backdrop, black behind the Gaussians, nothing added to the model).
-BACKDROP_KINDS = ("off", "field")
+# What a generator can be built with ("off": no backdrop, black behind the Gaussians, nothing added to the model):
+# the config's modes less "auto", which train.py resolves to one of these before a generator is built.
+BACKDROP_KINDS = tuple(mode for mode in BACKDROP_MODES if mode != "auto")
 NUM_FREQUENCIES = 12
 CYCLES_PER_RADIAN = (0.6, 1.2, 2.4)  # frequency k gets CYCLES_PER_RADIAN[k % 3]
 A_LR_MULTIPLIER = 0.05  # learning-rate multiplier of the per-scene coefficients A(w) (module docstring)
