@@ -127,6 +127,8 @@ def cli():
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
               help="Encoder constructor override (VALUE as JSON); repeatable.")
 @click.option("--resolution", type=ShapeType(), help="Image size the model sees, H or HxW [re10k 256; scenes 64].")
+@click.option("--target-resolution", type=ShapeType(),
+              help="Size the target views are rendered, trained and scored at, H or HxW [--resolution].")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="auto", show_default=True,
               help="Rasterizer backend.")
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers per process [re10k 4; scenes 1].")
@@ -185,7 +187,8 @@ def build_train_options(opts: dict):
         "accumulate": opts["accumulate"], "tick_steps": opts["tick_steps"], "snapshot_ticks": opts["snapshot_ticks"],
         "resume": opts["resume"] or "", "init": opts["init"] or "",
         "data.path": os.path.abspath(opts["data"]) if opts["data"] else "", "data.workers": opts["workers"],
-        "data.image_shape": opts["resolution"], "model.preset": opts["model_preset"],
+        "data.image_shape": opts["resolution"], "data.target_shape": opts.get("target_resolution"),
+        "model.preset": opts["model_preset"],
         "model.backend": opts["backend"], "optim.lr": opts["lr"], "optim.densify_lr": opts.get("densify_lr"),
         "loss.lpips_weight": opts["lpips_weight"],
         "loss.lpips_after": opts["lpips_after"], "sampler.warmup_steps": opts["gap_warmup"],
@@ -322,6 +325,7 @@ def describe(options) -> str:
     coarse = int(encoder.gaussians_per_scene(v, h, w))
     summary = {"encoder_parameters": misc.count_parameters(encoder), "gaussians_per_scene": coarse,
                "context_views": v, "target_views": options.sampler.num_target, "image_shape": [h, w],
+               "target_shape": list(options.data.target_or_image_shape),
                "scenes_per_step": options.examples_per_step, "batch_per_process": options.batch_gpu,
                "accumulate": options.accumulate}
     tables = [misc.parameter_table(encoder, "CostVolumeEncoder")]
@@ -353,15 +357,18 @@ def load_network(network: str, device):
     return path, checkpoint.load_recon_snapshot(path, device=device)
 
 
-def view_options(snapshot: dict, experiment: str | None) -> tuple[tuple[int, int], float, float]:
-    """(image_shape, near, far): the --experiment preset's when given, else the snapshot's training options."""
+def view_options(snapshot: dict, experiment: str | None) -> tuple[tuple[int, int], tuple[int, int], float, float]:
+    """(image_shape, target_shape, near, far): the --experiment preset's when given, else the snapshot's training
+    options; the target shape is the image shape where they set none."""
     from reconstruction.config import ReconTrainOptions, experiment_values
 
     if experiment is not None:
         values = experiment_values(experiment)
-        return tuple(values["data.image_shape"]), float(values["data.near"]), float(values["data.far"])
+        image_shape = tuple(values["data.image_shape"])
+        target_shape = tuple(values.get("data.target_shape") or image_shape)
+        return image_shape, target_shape, float(values["data.near"]), float(values["data.far"])
     options = ReconTrainOptions.from_dict(snapshot["options"])
-    return tuple(options.data.image_shape), options.data.near, options.data.far
+    return tuple(options.data.image_shape), options.data.target_or_image_shape, options.data.near, options.data.far
 
 
 def default_index(data: str, index: str | None) -> str:
@@ -399,7 +406,7 @@ def run_test(rank: int, world: int, args: dict) -> list[dict]:
     index = EvaluationIndex(args["index"])
     keys = index.keys()[:args["limit"]] if args["limit"] is not None else index.keys()
     dataset = EvaluationSet(args["data"], args["split"], index, image_shape=args["image_shape"], near=args["near"],
-                            far=args["far"], rank=rank, world_size=world)
+                            far=args["far"], rank=rank, world_size=world, target_shape=args["target_shape"])
     dataset.keys = [k for k in dataset.keys if k in set(keys)]
     metrics = ImageMetrics(("vgg",), device=device)
     records = evaluate(snapshot["encoder"], dataset, metrics, num_context=args["num_context"],
@@ -434,6 +441,9 @@ def _test_worker(rank: int, init_method: str, world: int, args: dict) -> list[di
 @click.option("--split", default="test", show_default=True, help="Dataset split.")
 @click.option("--experiment", type=click.Choice(list(EXPERIMENTS)),
               help="Image size and depth range of this preset [the snapshot's training options].")
+@click.option("--target-resolution", type=ShapeType(),
+              help="Size the target views are rendered and scored at, H or HxW [the snapshot's training options' "
+                   "target size, else its image size].")
 @click.option("--num-context", type=click.IntRange(min=2), default=2, show_default=True,
               help="Context views per scene (the first N of each index entry).")
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, help="Processes.")
@@ -441,14 +451,16 @@ def _test_worker(rank: int, init_method: str, world: int, args: dict) -> list[di
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N scenes of the index.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="auto", show_default=True)
 @click.option("--save-images", metavar="DIR", help="Also write every rendered target view as DIR/KEY/NNNNNN.png.")
-def test(network, data, index, split, experiment, num_context, gpus, device, limit, backend, save_images):
+def test(network, data, index, split, experiment, target_resolution, num_context, gpus, device, limit, backend,
+         save_images):
     from reconstruction.evaluate import check_num_context, summarize, summary_line, write_jsonl
     from reconstruction.view_sampler import EvaluationIndex
     from torch_utils import distributed
 
     try:
         snapshot_path, snapshot = load_network(network, "cpu")
-        image_shape, near, far = view_options(snapshot, experiment)
+        image_shape, target_shape, near, far = view_options(snapshot, experiment)
+        target_shape = target_resolution or target_shape
         if snapshot.get("densifier") is not None:
             snapshot["densifier"].counts(num_context, *image_shape)  # k_num within H*W at this image size
         _check_data_root(data, split, "--data")
@@ -457,8 +469,8 @@ def test(network, data, index, split, experiment, num_context, gpus, device, lim
         _check_devices(device, gpus)
         del snapshot
         args = dict(snapshot=snapshot_path, data=data, index=index_path, split=split, image_shape=image_shape,
-                    near=near, far=far, num_context=num_context, device=device, limit=limit, backend=backend,
-                    save_images=save_images)
+                    target_shape=target_shape, near=near, far=far, num_context=num_context, device=device,
+                    limit=limit, backend=backend, save_images=save_images)
         if gpus == 1:
             records = run_test(0, 1, args)
         else:
@@ -503,7 +515,7 @@ def render(network, data, split, key, index_entry, index, context, experiment, f
             raise click.UsageError("pass exactly one of --key KEY and --index-entry N")
         dev = resolve_device(device)
         snapshot_path, snapshot = load_network(network, dev)
-        image_shape, near, far = view_options(snapshot, experiment)
+        image_shape, _, near, far = view_options(snapshot, experiment)
         densifier = snapshot.get("densifier")
         if densifier is None and color_by_stage:  # (--coarse of such a snapshot is its only reconstruction)
             raise click.BadParameter(f"{snapshot_path} was trained without generative densification: it has no "

@@ -1,7 +1,7 @@
 """Generative densification in miniature: does the densifier beat more training of the base, at equal wall time?
 
     python bench/densify_miniature.py --base RUN/network-snapshot-000989.pt --data datasets/scenes64 \
-        [--steps-a 1000] [--k-num 1024] [--densify-arg KEY=VALUE ...]
+        [--steps-a 1000] [--k-num 1024] [--densify-arg KEY=VALUE ...] [--target-resolution 128]
 
 The protocol, on the built-in scenes' test split (scenes never seen in training):
   1. calibrate: a trainer of the base alone and one of base + densifier (the very `reconstruct.py train`
@@ -15,7 +15,8 @@ The protocol, on the built-in scenes' test split (scenes never seen in training)
   3. `reconstruct.py test` of both final snapshots on the dataset's evaluation index: PSNR / SSIM / LPIPS of (a)
      and of (b)'s fine and coarse renders, Gaussian counts and seconds per scene.
 Prints one table and writes bench/results/densify-miniature-<timestamp>.json (git commit, load average, every
-figure). The runs' own logs are in --outdir.
+figure). The runs' own logs are in --outdir. `--target-resolution HxW` trains both runs on, and scores both on,
+target views of that size (the contexts keep the preset's size).
 """
 from __future__ import annotations
 
@@ -35,15 +36,17 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from _results import git_commit, write_results  # noqa: E402  (bench/ is the script's directory)
+from reconstruct import ShapeType  # noqa: E402
 
 RECONSTRUCT = os.path.join(REPO_ROOT, "reconstruct.py")
 
 
 def train_args(base: str, data: str, outdir: str, steps: int, densify: bool, k_num: int | None,
-               densify_args: tuple, seed: int, densify_lr: float | None = None) -> list[str]:
+               densify_args: tuple, seed: int, densify_lr: float | None = None,
+               target_resolution: tuple[int, int] | None = None) -> list[str]:
     """`reconstruct.py train` arguments of run (a) (densify=False) or (b)."""
     args = ["--experiment=scenes", f"--data={data}", f"--outdir={outdir}", f"--steps={steps}", "--gap-warmup=0",
-            f"--seed={seed}", "--snapshot-ticks=0"]
+            f"--seed={seed}", "--snapshot-ticks=0", *target_args(target_resolution)]
     if not densify:
         return args + [f"--init={base}", "--desc=a-base"]
     args += ["--densify", f"--resume={base}", "--desc=b-densify"]
@@ -52,6 +55,11 @@ def train_args(base: str, data: str, outdir: str, steps: int, densify: bool, k_n
     if densify_lr is not None:
         args.append(f"--densify-lr={densify_lr}")
     return args + [f"--densify-arg={item}" for item in densify_args]
+
+
+def target_args(target_resolution: tuple[int, int] | None) -> list[str]:
+    """The --target-resolution argument of `reconstruct.py train` and `test` (none: the preset's size)."""
+    return [] if target_resolution is None else [f"--target-resolution={target_resolution[0]}x{target_resolution[1]}"]
 
 
 def _trainer(args: list[str], run_dir: str):
@@ -116,18 +124,22 @@ def _summary(output: str) -> dict:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads of each run and of the calibration [1 with --parallel, else all cores].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, calibration_steps, parallel, threads, seed):
+@click.option("--target-resolution", type=ShapeType(), default=None,
+              help="Train and score both runs on target views of this size, H or HxW [the contexts' size].")
+def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, calibration_steps, parallel, threads, seed,
+         target_resolution):
     outdir = os.path.abspath(outdir or tempfile.mkdtemp(prefix="densify-miniature-"))
     os.makedirs(outdir, exist_ok=True)
     data, base = os.path.abspath(data), os.path.abspath(base)
     load_before = os.getloadavg()
     threads = threads or (1 if parallel else max(1, os.cpu_count() or 1))
-    args_a = train_args(base, data, outdir, steps_a, False, k_num, densify_args, seed)
-    probe_b = train_args(base, data, outdir, steps_a, True, k_num, densify_args, seed, densify_lr)
+    args_a = train_args(base, data, outdir, steps_a, False, k_num, densify_args, seed,
+                        target_resolution=target_resolution)
+    probe_b = train_args(base, data, outdir, steps_a, True, k_num, densify_args, seed, densify_lr, target_resolution)
     click.echo("calibrating: training steps of (a) and (b) in turn ...")
     cal = calibrate(args_a, probe_b, calibration_steps, threads)
     steps_b = max(1, round(steps_a * cal["t_a"] / cal["t_b"]))
-    args_b = train_args(base, data, outdir, steps_b, True, k_num, densify_args, seed, densify_lr)
+    args_b = train_args(base, data, outdir, steps_b, True, k_num, densify_args, seed, densify_lr, target_resolution)
     click.echo(f"t_a {cal['t_a']:.3f} s/step, t_b {cal['t_b']:.3f} s/step at {threads} thread(s) (ratio "
                f"{cal['t_b'] / cal['t_a']:.2f}): (a) {steps_a} steps, (b) {steps_b} steps = "
                f"{steps_a * cal['t_a'] / 60:.1f} min each at these step times")
@@ -150,8 +162,8 @@ def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, calibrati
     results = {}
     for name, desc in (("a", "a-base"), ("b", "b-densify")):
         run = _latest_run(outdir, desc)
-        done = subprocess.run([sys.executable, RECONSTRUCT, "test", f"--network={run}", f"--data={data}"],
-                              capture_output=True, text=True, cwd=REPO_ROOT)
+        done = subprocess.run([sys.executable, RECONSTRUCT, "test", f"--network={run}", f"--data={data}",
+                               *target_args(target_resolution)], capture_output=True, text=True, cwd=REPO_ROOT)
         if done.returncode != 0:
             raise click.ClickException(f"test of {run} failed:\n{(done.stdout + done.stderr)[-2000:]}")
         results[name] = _summary(done.stdout)
@@ -161,7 +173,8 @@ def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, calibrati
             ("(b) fine", b["psnr"], b["ssim"], b["lpips"], b["gaussians_per_scene"], b["seconds_per_scene"]),
             ("(b) coarse", b["coarse_psnr"], b["coarse_ssim"], b["coarse_lpips"], b["coarse_gaussians_per_scene"],
              None)]
-    click.echo(f"\nbase {base}\n(a) {steps_a} steps, (b) {steps_b} steps; test split, {a['num_scenes']} scenes")
+    click.echo(f"\nbase {base}\n(a) {steps_a} steps, (b) {steps_b} steps; test split, {a['num_scenes']} scenes; "
+               f"contexts {a.get('image_shape')}, targets {a.get('target_shape')}")
     click.echo(f"{'':16}{'PSNR':>8}{'SSIM':>8}{'LPIPS':>8}{'Gaussians':>11}{'s/scene':>9}")
     for label, psnr, ssim, lpips, count, seconds in rows:
         sec = f"{seconds:9.3f}" if seconds is not None else f"{'':9}"
@@ -170,7 +183,9 @@ def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, calibrati
                f"{b['psnr'] - b['coarse_psnr']:+.2f} dB")
     payload = {"kind": "densify-miniature", "git_commit": git_commit(), "base": base, "data": data,
                "k_num": k_num, "densify_args": list(densify_args), "densify_lr": densify_lr, "calibration": cal,
-               "steps_a": steps_a, "steps_b": steps_b, "wall_seconds_both_runs": wall, "parallel": parallel, "threads": threads,
+               "target_resolution": None if target_resolution is None else list(target_resolution),
+               "steps_a": steps_a, "steps_b": steps_b, "wall_seconds_both_runs": wall, "parallel": parallel,
+               "threads": threads,
                "load_average_before": load_before, "load_average_after": os.getloadavg(), "a": a, "b": b,
                "fine_minus_a_db": b["psnr"] - a["psnr"], "fine_minus_coarse_db": b["psnr"] - b["coarse_psnr"]}
     click.echo(f"results: {write_results('densify-miniature', payload)}")

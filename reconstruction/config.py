@@ -24,6 +24,7 @@ BACKENDS = ("auto", "reference", "cpu", "gsplat", "inria")
 class DataOptions(_Config):
     path: str = ""                                  # chunk dataset root (root/{train,test}/*.torch)
     image_shape: tuple[int, int] = (256, 256)       # (H, W) the model sees, after rescale + centre crop
+    target_shape: tuple[int, int] | None = None     # (H, W) of the target views (render, loss, scores); None = image
     near: float = 1.0                               # depth range of the cost volume
     far: float = 100.0
     frame_shape: tuple[int, int] | None = None      # skip training scenes whose frames are not (h, w); None = any
@@ -31,6 +32,11 @@ class DataOptions(_Config):
     flip: bool = True                               # random horizontal flips of training examples
     workers: int = 1                                # DataLoader worker processes per rank (0 = in the main process)
     cache_chunks: int = 2                           # chunk files kept decoded per worker
+
+    @property
+    def target_or_image_shape(self) -> tuple[int, int]:
+        """The size of the target views: target_shape, else the context image_shape."""
+        return tuple(self.image_shape if self.target_shape is None else self.target_shape)
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,9 @@ class ReconTrainOptions(_Config):
         if min(d.image_shape) < 1 or not 0 < d.near < d.far:
             raise ConfigError(f"data: need a positive image shape and 0 < near < far, got {list(d.image_shape)}, "
                               f"near {d.near}, far {d.far}")
+        if d.target_shape is not None and min(d.target_shape) < 1:
+            raise ConfigError(f"--target-resolution (data.target_shape): expected two positive sizes (height, "
+                              f"width), got {list(d.target_shape)}")
         lo, o = self.loss, self.optim  # (the field types already refuse non-finite numbers)
         if lo.lpips_weight < 0 or lo.mse_weight < 0 or o.lr <= 0:
             raise ConfigError("--lpips-weight and the MSE weight must be >= 0 and --lr > 0")

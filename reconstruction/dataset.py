@@ -2,6 +2,9 @@
 
 SceneStream (training) is an endless, seeded stream that is exactly resumable and independent of the number of
 DataLoader workers; EvaluationSet (testing) follows a fixed EvaluationIndex. Both decode only the frames they use.
+Target views can have their own size (`target_shape`, None = `image_shape`): Gaussians are resolution-free, so a
+model that sees small context images can be trained and scored on larger (or smaller) novel views. Each part is
+rescaled and cropped from the original frame on its own, so both keep exact normalized intrinsics.
 """
 from __future__ import annotations
 
@@ -77,6 +80,16 @@ def make_views(frames: Tensor, extrinsics: Tensor, intrinsics: Tensor, images: d
             "index": frames.to(torch.int64).clone()}
 
 
+def _example(key: str, context: Tensor, target: Tensor, extrinsics: Tensor, intrinsics: Tensor,
+             images: dict[int, Tensor], dataset) -> dict:
+    """{"key", "context", "target"}: context views at the dataset's image_shape, targets at its target_shape."""
+    return {"key": key,
+            "context": make_views(context, extrinsics, intrinsics, images, dataset.image_shape, dataset.near,
+                                  dataset.far),
+            "target": make_views(target, extrinsics, intrinsics, images, dataset.target_shape, dataset.near,
+                                 dataset.far)}
+
+
 def _decode_frames(example: dict, frames, where: str) -> dict[int, Tensor]:
     return {frame: decode_image(example["images"][frame], f"{where}: frame {frame}")
             for frame in sorted(set(int(f) for f in frames))}
@@ -106,12 +119,13 @@ class SceneStream(torch.utils.data.IterableDataset):
                  near: float = 1.0, far: float = 100.0, flip: bool = True, max_fov_deg: float = 100.0,
                  frame_shape=None, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0,
                  examples_per_step: int = 1, cache_chunks: int = 2, batch_size: int = 1,
-                 report_skips: bool = False):
+                 report_skips: bool = False, target_shape=None):
         super().__init__()
         if not isinstance(sampler, BoundedViewSampler):
             raise DatasetError(f"sampler: expected a BoundedViewSampler, got {type(sampler).__name__}")
         self.sampler = sampler
         self.image_shape = _check_shape("image_shape", image_shape)
+        self.target_shape = self.image_shape if target_shape is None else _check_shape("target_shape", target_shape)
         self.frame_shape = None if frame_shape is None else _check_shape("frame_shape", frame_shape)
         self.near, self.far = _check_depth_range(near, far)
         if isinstance(max_fov_deg, bool) or not isinstance(max_fov_deg, (int, float)) or not max_fov_deg > 0:
@@ -173,10 +187,7 @@ class SceneStream(torch.utils.data.IterableDataset):
         images = _decode_frames(example, torch.cat([context, target]), where)
         if self.frame_shape is not None and any(tuple(im.shape[1:]) != self.frame_shape for im in images.values()):
             return "frame_shape", None
-        item = {"key": key}
-        for part, frames in (("context", context), ("target", target)):
-            item[part] = make_views(frames, extrinsics, intrinsics, images, self.image_shape,
-                                    self.near, self.far)
+        item = _example(key, context, target, extrinsics, intrinsics, images, self)
         if self.flip and bool(torch.rand((), generator=generator) < 0.5):
             item["context"], item["target"] = flip_views(item["context"]), flip_views(item["target"])
         return None, item
@@ -214,11 +225,13 @@ class EvaluationSet(torch.utils.data.Dataset):
     Items are {"key", "context", "target"} in the layout of reconstruction.views; no augmentation."""
 
     def __init__(self, root: str, split: str, index: EvaluationIndex, image_shape=(256, 256), near: float = 1.0,
-                 far: float = 100.0, rank: int = 0, world_size: int = 1, cache_chunks: int = 2):
+                 far: float = 100.0, rank: int = 0, world_size: int = 1, cache_chunks: int = 2,
+                 target_shape=None):
         if not isinstance(index, EvaluationIndex):
             raise DatasetError(f"index: expected an EvaluationIndex, got {type(index).__name__}")
         self.index = index
         self.image_shape = _check_shape("image_shape", image_shape)
+        self.target_shape = self.image_shape if target_shape is None else _check_shape("target_shape", target_shape)
         self.near, self.far = _check_depth_range(near, far)
         self.rank, self.world_size = _check_rank(rank, world_size)
         self.store = ChunkStore(root, split, cache_chunks=cache_chunks)
@@ -244,8 +257,4 @@ class EvaluationSet(torch.utils.data.Dataset):
         where = f"{self.store.path_of(key)}: key {key!r}"
         extrinsics, intrinsics = parse_cameras(example["cameras"], f"{where}: field 'cameras'")
         images = _decode_frames(example, torch.cat([context, target]), where)
-        item = {"key": key}
-        for part, frames in (("context", context), ("target", target)):
-            item[part] = make_views(frames, extrinsics, intrinsics, images, self.image_shape,
-                                    self.near, self.far)
-        return item
+        return _example(key, context, target, extrinsics, intrinsics, images, self)

@@ -2,7 +2,10 @@
 
 Per scene: PSNR / SSIM / LPIPS-VGG of every target view, averaged over the scene's targets; the Gaussian count;
 seconds for the model + render. In the same pass a baseline that shows, for each target, the context image with
-the nearest frame index unchanged: a model must beat it to have learnt anything about the geometry.
+the nearest frame index unchanged: a model must beat it to have learnt anything about the geometry. When the
+targets have another size than the contexts (`--target-resolution`), that context image is first resized to the
+target size (bilinear, antialiased when shrinking; `resize_images`), so the baseline is scored where the model is.
+Records and summary state both sizes (`image_shape` of the contexts, `target_shape`).
 Scenes are sharded over ranks (the EvaluationSet does that) and the records gathered on rank 0.
 
 With a densifier (a snapshot trained with generative densification) the method's output is the fine
@@ -50,6 +53,18 @@ def nearest_context(context_index: Tensor, target_index: Tensor) -> Tensor:
     return distance.argmin(dim=1)
 
 
+def resize_images(images: Tensor, shape) -> Tensor:
+    """[N, C, h, w] float images -> [N, C, H, W] by bilinear interpolation (align_corners=False), antialiased
+    (a triangle filter as wide as the scale factor) when shrinking, so detail above the new Nyquist limit is
+    averaged rather than aliased. Unchanged when the size already matches. Stays within the input's range."""
+    import torch.nn.functional as F
+
+    shape = (int(shape[0]), int(shape[1]))
+    if tuple(images.shape[-2:]) == shape:
+        return images
+    return F.interpolate(images, size=shape, mode="bilinear", align_corners=False, antialias=True)
+
+
 def batched(example: dict) -> dict:
     """An EvaluationSet item with a leading batch dimension of 1 (what the encoder and to_cameras take)."""
     out = {"key": [example["key"]]}
@@ -95,8 +110,9 @@ def evaluate_example(encoder, example: dict, metrics, num_context: int = 2, back
     gt = target["image"][0]
     model = metrics(rendered.color[0], gt)
     nearest = nearest_context(context["index"][0], target["index"][0])
-    baseline = metrics(context["image"][0][nearest], gt)
-    record = {"key": key, "context": context["index"][0].tolist(), "target": target["index"][0].tolist()}
+    baseline = metrics(resize_images(context["image"][0][nearest], gt.shape[-2:]), gt)
+    record = {"key": key, "context": context["index"][0].tolist(), "target": target["index"][0].tolist(),
+              "image_shape": list(context["image"].shape[-2:]), "target_shape": list(gt.shape[-2:])}
     for name in METRIC_NAMES:
         record[name] = float(model[name].double().mean())
     for name in METRIC_NAMES:
@@ -171,6 +187,10 @@ def _mean(values) -> float:
 def summarize(records: list[dict], snapshot: str = "", split: str = "test") -> dict:
     """One summary: means of the model and baseline metrics over scenes, counts, time, the snapshot."""
     summary = {"snapshot": snapshot, "split": split, "num_scenes": len(records)}
+    for name in ("image_shape", "target_shape"):  # one evaluation has one size of each
+        shapes = {tuple(r[name]) for r in records if name in r}
+        if len(shapes) == 1:
+            summary[name] = list(shapes.pop())
     for name in METRIC_NAMES:
         summary[name] = _mean(r[name] for r in records)
     for name in METRIC_NAMES:

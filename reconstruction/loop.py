@@ -86,7 +86,7 @@ class ReconTrainer(RankTrainer):
             max_fov_deg=d.max_fov_deg, frame_shape=None if d.frame_shape is None else tuple(d.frame_shape),
             seed=self.opts.seed, rank=self.rank, world_size=self.world, start=self.examples_seen,
             examples_per_step=self.opts.examples_per_step, cache_chunks=d.cache_chunks,
-            batch_size=self.opts.batch_gpu, report_skips=True)
+            batch_size=self.opts.batch_gpu, report_skips=True, target_shape=d.target_or_image_shape)
         self.loader = self.make_loader(self.stream, self.opts.batch_gpu, d.workers)
 
     # ------------------------------------------------------------------------------------------ resume
@@ -371,8 +371,9 @@ class ReconTrainer(RankTrainer):
         h, w = d.image_shape
         count = self.encoder.gaussians_per_scene(o.sampler.num_context, h, w)
         self.log.info(f"run directory: {self.run_dir}")
-        self.log.info(f"data: {d.path} (train split, {h}x{w}, near {d.near:g}, far {d.far:g}); {self.world} "
-                      f"process(es) on {self.device}")
+        th, tw = d.target_or_image_shape
+        self.log.info(f"data: {d.path} (train split, context {h}x{w}, targets {th}x{tw}, near {d.near:g}, far "
+                      f"{d.far:g}); {self.world} process(es) on {self.device}")
         self.log.info(misc.parameter_table(self.encoder, "CostVolumeEncoder"))
         if self.densifier is not None:
             self.log.info(misc.parameter_table(self.densifier, "GaussianDensifier"))

@@ -31,23 +31,36 @@ def selection_overlay(image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, red, out)
 
 
+def grid_cell_shape(context_shape, target_shape) -> tuple[int, int]:
+    """The size every grid cell is shown at: the larger (in pixels) of the context and target sizes, so neither
+    the model's inputs nor its renders lose detail (ties: the context size)."""
+    context_shape, target_shape = tuple(context_shape), tuple(target_shape)
+    return target_shape if target_shape[0] * target_shape[1] > context_shape[0] * context_shape[1] else context_shape
+
+
 def save_grid(path: str, batch: dict, rendered, coarse=None, dense=None) -> None:
     """Rows = the batch's scenes; columns = context views | first target | its render | its depth. With
     densification (coarse and dense given): context views | target | coarse render | fine render | selected |
     fine depth, where `selected` is the first context view dimmed with the pixels of its selected Gaussians in red.
-    `rendered` is the render of the first target view (the fine one with densification)."""
+    `rendered` is the render of the first target view (the fine one with densification). Targets may have another
+    size than the contexts: every cell is resized to `grid_cell_shape` (evaluate.resize_images)."""
+    from reconstruction.evaluate import resize_images
+
     context = batch["context"]["image"].cpu()                        # [n, V, 3, H, W]
-    target = batch["target"]["image"][:, 0].cpu()                     # [n, 3, H, W]
+    target = batch["target"]["image"][:, 0].cpu()                     # [n, 3, H', W']
     color = rendered.color[:, 0].clamp(0, 1).cpu()
     depth = depth_to_unit(rendered.depth[:, 0], rendered.alpha[:, 0]).expand(-1, 3, -1, -1)
-    columns = [context, target[:, None]]
+    columns = [context.flatten(0, 1), target]
     if dense is not None:
         selected = selection_overlay(context[:, 0], dense.selection.index[:, 0].cpu())
-        columns += [coarse.color[:, 0].clamp(0, 1).cpu()[:, None], color[:, None], selected[:, None]]
+        columns += [coarse.color[:, 0].clamp(0, 1).cpu(), color, selected]
     else:
-        columns.append(color[:, None])
-    cells = torch.cat(columns + [depth[:, None]], dim=1)             # [n, V + 3 (+ 2), ...]
-    rows, cols = cells.shape[:2]
+        columns.append(color)
+    columns.append(depth)
+    n = target.shape[0]
+    shape = grid_cell_shape(context.shape[-2:], target.shape[-2:])
+    cells = torch.cat([resize_images(c.float(), shape).reshape(n, -1, 3, *shape) for c in columns], dim=1)
+    rows, cols = cells.shape[:2]                                      # [n, V + 3 (+ 2), 3, *shape]
     misc.save_image_grid(cells.flatten(0, 1), path, (cols, rows), drange=(0, 1))
 
 
