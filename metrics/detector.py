@@ -10,12 +10,15 @@ Both return [B, 2048] pool features. Loading never executes Python code from a f
 and the official `.pkl` goes through an unpickler that allows only the TorchScript reconstruction globals.
 
 Features come from an inference copy of the loaded module (see `freeze_for_inference`): frozen, batch norm folded
-into the convolutions, ReLU in place, and on the CPU fed channels-last: about twice the images/s of the
-default detector on 2 cores (`bench/metrics.py`). The copy is checked against the module as loaded on a probe
-batch (features within 1e-4 relative); a module that cannot be frozen, or whose copy disagrees, runs as loaded.
+into the convolutions, ReLU in place, and on the CPU fed channels-last and run with TorchScript's oneDNN Graph
+fuser (its convolutions, ReLUs, poolings and concatenations run as oneDNN partitions; see `onednn_fusion`). The
+copy is checked against the module as loaded on a probe batch (features within 1e-4 relative), through the graph
+the fuser produced; a copy whose fused graph fails or disagrees runs unfused, and a module that cannot be frozen,
+or whose copy disagrees, runs as loaded. `bench/metrics.py` measures the speed-up over the module as loaded.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -206,6 +209,30 @@ def freeze_for_inference(module: torch.jit.ScriptModule) -> torch.jit.ScriptModu
     return frozen
 
 
+@contextlib.contextmanager
+def onednn_fusion(enabled: bool = True):
+    """TorchScript's oneDNN Graph fuser on inside the block when `enabled` (the previous setting comes back after).
+
+    The switch is process-wide and is read when a graph is optimized, which the profiling executor does on the
+    first calls with each new input shape; so every call into a fused copy runs inside this block, and no other
+    TorchScript is touched by it."""
+    if not enabled:
+        yield
+        return
+    previous = torch.jit.onednn_fusion_enabled()
+    torch.jit.enable_onednn_fusion(True)
+    try:
+        yield
+    finally:
+        torch.jit.enable_onednn_fusion(previous)
+
+
+def calls_until_optimized() -> int:
+    """Calls with one input shape after which TorchScript runs its optimized (for a fused copy: fused) graph:
+    the profiled runs, then the optimized one."""
+    return torch._C._jit_get_num_profiled_runs() + 1
+
+
 def relative_difference(got: torch.Tensor, expected: torch.Tensor) -> float:
     """max |got - expected| / max |expected|: the agreement measure for feature sets."""
     got, expected = got.detach(), expected.detach()
@@ -258,7 +285,8 @@ def run_module(module, kind: str, images: torch.Tensor, channels_last: bool = Fa
 class FeatureDetector:
     """uint8 images [B,3,H,W] -> float32 features [B, D]. `sha256` identifies the weights (cache keys).
 
-    `module` is the module as loaded; `inference_module` is what computes the features (see the module docstring).
+    `module` is the module as loaded; `inference_module` is what computes the features, fed channels-last when
+    `channels_last` and run under `onednn_fusion` when `fused` (see the module docstring).
     """
 
     def __init__(self, module: torch.jit.ScriptModule, sha256: str, source: str, device="cpu"):
@@ -270,14 +298,15 @@ class FeatureDetector:
         probe = probe_images().to(self.device)
         expected = self._check_output(probe)
         self.feature_dim = int(expected.shape[1])
-        self.inference_module, self.channels_last = self._inference_copy(probe, expected)
+        self.inference_module, self.channels_last, self.fused = self._inference_copy(probe, expected)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"detector input: expected uint8 images [B,3,H,W], got {images.dtype} "
                              f"{list(images.shape)}")
-        return run_module(self.inference_module, self.kind, images.to(self.device), self.channels_last)
+        with onednn_fusion(self.fused):
+            return run_module(self.inference_module, self.kind, images.to(self.device), self.channels_last)
 
     @torch.no_grad()
     def _check_output(self, probe: torch.Tensor) -> torch.Tensor:
@@ -295,21 +324,31 @@ class FeatureDetector:
         return out
 
     @torch.no_grad()
-    def _inference_copy(self, probe: torch.Tensor, expected: torch.Tensor) -> tuple[torch.jit.ScriptModule, bool]:
-        """(frozen copy, channels-last on the CPU) when its probe features match `expected`, else (module, False)
-        with the reason logged."""
+    def _inference_copy(self, probe: torch.Tensor,
+                        expected: torch.Tensor) -> tuple[torch.jit.ScriptModule, bool, bool]:
+        """(frozen copy, channels-last, fused) for the first way whose probe features match `expected`: on the
+        CPU channels-last and fused, then unfused; else (module, False, False). Reasons are logged."""
         channels_last = self.device.type == "cpu"
-        try:
-            frozen = freeze_for_inference(self.module)
-            difference = relative_difference(run_module(frozen, self.kind, probe, channels_last), expected)
-        except Exception as exc:  # freezing or running the frozen graph can fail on unusual TorchScript
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        else:
+        reasons = []
+        for fused in (True, False) if channels_last else (False,):
+            try:
+                frozen = freeze_for_inference(self.module)  # afresh: a fused attempt leaves its optimized graph
+                with onednn_fusion(fused):
+                    for _ in range(calls_until_optimized()):  # the last call runs the graph the copy keeps
+                        got = run_module(frozen, self.kind, probe, channels_last)
+                difference = relative_difference(got, expected)
+            except Exception as exc:  # freezing or running the frozen graph can fail on unusual TorchScript
+                reasons.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                continue
             if difference <= INFERENCE_TOLERANCE:
-                return frozen, channels_last
-            reason = f"its features differ by {difference:.2e} relative (tolerance {INFERENCE_TOLERANCE:g})"
-        log.warning(f"{self.source}: the detector runs as loaded (slower), without its inference copy: {reason}")
-        return self.module, False
+                if reasons:
+                    log.warning(f"{self.source}: the detector's inference copy runs without oneDNN fusion "
+                                f"(slower): {reasons[0]}")
+                return frozen, channels_last, fused
+            reasons.append(f"its features differ by {difference:.2e} relative (tolerance {INFERENCE_TOLERANCE:g})")
+        log.warning(f"{self.source}: the detector runs as loaded (slower), without its inference copy: "
+                    f"{'; '.join(dict.fromkeys(reasons))}")
+        return self.module, False, False
 
 
 _CACHE: dict = {}
@@ -343,5 +382,6 @@ def load_detector(spec: str | None = None, device="cpu", cache_dir: str | None =
 
 
 __all__ = ["DetectorError", "FeatureDetector", "load_detector", "find_default_detector", "to_uint8", "prescale",
-           "default_cache_dir", "file_sha256", "freeze_for_inference", "run_module", "detector_kind",
-           "relative_difference", "probe_images", "DEFAULT_SHA256", "INCEPTION_SIZE", "INFERENCE_TOLERANCE"]
+           "default_cache_dir", "file_sha256", "freeze_for_inference", "onednn_fusion", "calls_until_optimized",
+           "run_module", "detector_kind", "relative_difference", "probe_images", "DEFAULT_SHA256", "INCEPTION_SIZE",
+           "INFERENCE_TOLERANCE"]

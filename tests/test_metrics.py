@@ -402,6 +402,13 @@ def _node_kinds(module) -> list[str]:
     return [node.kind() for node in module.inlined_graph.nodes()]
 
 
+def _features_of_optimized_graph(det, images) -> tuple[torch.Tensor, list[str]]:
+    """det(images) once TorchScript runs its optimized graph for this shape, and that graph's node kinds."""
+    for _ in range(detector_lib.calls_until_optimized()):
+        got = det(images)
+    return got, [node.kind() for node in torch.jit.last_executed_optimized_graph().nodes()]
+
+
 def test_freeze_for_inference_folds_batch_norm_and_keeps_needed_copies():
     module = torch.jit.script(InceptionPattern().eval())
     frozen = detector_lib.freeze_for_inference(module)
@@ -421,9 +428,31 @@ def test_tiny_detectors_get_an_inference_copy_with_the_same_features(work):
     images = torch.from_numpy(np.random.default_rng(13).integers(0, 256, (3, 3, 20, 20), dtype=np.uint8))
     for kind in ("prescaled", "nvidia"):
         det = detector_lib.load_detector(work[kind])
-        assert det.inference_module is not det.module and det.channels_last
+        assert det.inference_module is not det.module and det.channels_last and det.fused
         expected = detector_lib.run_module(det.module, det.kind, images)
-        assert detector_lib.relative_difference(det(images), expected) < 1e-5
+        got, _ = _features_of_optimized_graph(det, images)
+        assert detector_lib.relative_difference(got, expected) < 1e-5
+
+
+def test_fused_copy_of_the_inception_pattern_equals_the_module_and_leaves_the_fuser_off():
+    module = torch.jit.script(InceptionPattern().eval())
+    det = detector_lib.FeatureDetector(module, "0" * 64, source="pattern.pt")
+    assert det.fused and det.channels_last and not torch.jit.onednn_fusion_enabled()
+    images = detector_lib.probe_images(count=3, size=23, seed=4)
+    with torch.no_grad():
+        expected = module(detector_lib.prescale(images))
+    got, kinds = _features_of_optimized_graph(det, images)
+    assert "prim::oneDNNFusionGuard" in kinds  # the fuser rewrote the graph (its groups sit behind these guards)
+    assert detector_lib.relative_difference(got, expected) <= detector_lib.INFERENCE_TOLERANCE
+    assert not torch.jit.onednn_fusion_enabled()  # the process-wide switch is back as it was
+
+
+def test_onednn_fusion_restores_the_switch_after_an_error():
+    with pytest.raises(KeyError):
+        with detector_lib.onednn_fusion():
+            assert torch.jit.onednn_fusion_enabled()
+            raise KeyError("inside")
+    assert not torch.jit.onednn_fusion_enabled()
 
 
 @needs_default_detector
@@ -439,7 +468,8 @@ def test_default_detector_fast_features_equal_the_loaded_module():
     images[2] = torch.from_numpy(rng.integers(0, 256, (3, 48, 48), dtype=np.uint8))  # ...and one of pure noise
     with torch.no_grad():
         expected = det.module(detector_lib.prescale(images))  # the feature path before the inference copy
-    got = det(images)
+    got, kinds = _features_of_optimized_graph(det, images)
+    assert det.fused and "prim::oneDNNFusionGuard" in kinds
     for i in range(len(images)):
         assert detector_lib.relative_difference(got[i], expected[i]) <= 1e-4
     assert not torch.allclose(got[0], got[1])
@@ -459,9 +489,28 @@ def test_inference_copy_that_disagrees_or_fails_is_not_used(work, monkeypatch, c
         caplog.clear()
         with caplog.at_level("WARNING", logger="gsgan.metrics"):
             det = detector_lib.FeatureDetector(torch.jit.load(work["prescaled"]), "0" * 64, source="tiny.pt")
-        assert det.inference_module is det.module and not det.channels_last
+        assert det.inference_module is det.module and not det.channels_last and not det.fused
         assert "tiny.pt: the detector runs as loaded" in caplog.text and reason in caplog.text
         torch.testing.assert_close(det(images), detector_lib.run_module(det.module, det.kind, images))
+
+
+def test_copy_whose_fused_graph_fails_runs_unfused(work, monkeypatch, caplog):
+    images = torch.from_numpy(np.random.default_rng(16).integers(0, 256, (2, 3, 20, 20), dtype=np.uint8))
+    real_fusion = detector_lib.onednn_fusion
+
+    def failing_fusion(enabled=True):
+        if enabled:
+            raise RuntimeError("no fusion here")
+        return real_fusion(False)
+
+    monkeypatch.setattr(detector_lib, "onednn_fusion", failing_fusion)
+    with caplog.at_level("WARNING", logger="gsgan.metrics"):
+        det = detector_lib.FeatureDetector(torch.jit.load(work["prescaled"]), "0" * 64, source="tiny.pt")
+    assert det.inference_module is not det.module and det.channels_last and not det.fused
+    assert "tiny.pt: the detector's inference copy runs without oneDNN fusion" in caplog.text
+    assert "RuntimeError: no fusion here" in caplog.text and "runs as loaded" not in caplog.text
+    expected = detector_lib.run_module(det.module, det.kind, images)
+    assert detector_lib.relative_difference(det(images), expected) < 1e-5
 
 
 # ----------------------------------------------------------------------------------------------------------
