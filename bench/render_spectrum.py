@@ -10,7 +10,8 @@ fine render (the method) and its coarse one. Writes bench/results/render-spectru
 
 Why: a per-pixel Gaussian render is low-pass filtered (the Gaussians' own footprint plus the rasterizer's
 0.3 px^2 dilation). This shows how much of the error a finer representation could remove at all, and whether the
-fine render is actually sharper than the coarse one.
+fine render is actually sharper than the coarse one. Also printed: the Gaussians' footprint in the first context
+view before the rasterizer's dilation (the largest scale x focal length / depth, in pixels; quantiles 10/50/90 %).
 """
 from __future__ import annotations
 
@@ -48,6 +49,15 @@ def band_power(images, edges=BAND_EDGES):
     return out
 
 
+def footprint_px(gaussians, cameras):
+    """[N] the largest axis of each Gaussian of scene 0, in pixels of camera 0 (scale * fx / depth), before the
+    rasterizer's dilation; Gaussians behind the camera are left out."""
+    w2c, fx = cameras.world_to_cam[0, 0], cameras.K[0, 0, 0, 0]
+    depth = gaussians.means[0] @ w2c[:3, :3].T[:, 2] + w2c[2, 3]
+    sigma = gaussians.log_scales[0].exp().amax(-1) * fx / depth.clamp_min(1e-6)
+    return sigma[depth > 0]
+
+
 def measure(network: str, data: str, limit: int | None) -> dict:
     """Per-band sums over the test targets: ground truth, each render, each render's error."""
     import torch
@@ -68,6 +78,7 @@ def measure(network: str, data: str, limit: int | None) -> dict:
     names = ["fine", "coarse"] if densifier is not None else ["render"]
     sums = {"ground_truth": [0.0] * (len(BAND_EDGES) - 1)}
     sums.update({f"{n}{suffix}": [0.0] * (len(BAND_EDGES) - 1) for n in names for suffix in ("", "_error")})
+    footprints = {n: [] for n in names}
     count = len(dataset) if limit is None else min(limit, len(dataset))
     with torch.no_grad():
         for i in range(count):
@@ -81,10 +92,13 @@ def measure(network: str, data: str, limit: int | None) -> dict:
             for key, value in (("ground_truth", band_power(truth)),):
                 sums[key] = [s + v for s, v in zip(sums[key], value)]
             for name, gaussians in renders.items():
+                footprints[name].append(footprint_px(gaussians, to_cameras(context)))
                 image = render(gaussians, cameras).color[0].clamp(0, 1)
                 for key, value in ((name, band_power(image)), (f"{name}_error", band_power(image - truth))):
                     sums[key] = [s + v for s, v in zip(sums[key], value)]
-    return {"names": names, "sums": sums, "scenes": count, "image_shape": list(image_shape),
+    quantiles = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    footprint = {n: torch.cat(v).double().quantile(quantiles).tolist() for n, v in footprints.items()}
+    return {"names": names, "sums": sums, "scenes": count, "footprint_px_q10_50_90": footprint, "image_shape": list(image_shape),
             "target_shape": list(target_shape)}
 
 
@@ -120,6 +134,9 @@ def main(networks, data, limit, threads):
             click.echo(f"{name + ' power / truth':26}" + "".join(f"{v:13.3f}" for v in ratios[name]))
         for name in result["names"]:
             click.echo(f"{name + ' error share':26}" + "".join(f"{v:13.3f}" for v in shares[name]))
+        for name, (q10, q50, q90) in result["footprint_px_q10_50_90"].items():
+            click.echo(f"{name} Gaussians' footprint in context view 0 (px, before dilation): 10 % {q10:.2f}, "
+                       f"median {q50:.2f}, 90 % {q90:.2f}")
         results[network] = dict(result, power_ratio=ratios, error_share=shares)
     payload = {"kind": "render-spectrum", "git_commit": git_commit(), "data": os.path.abspath(data),
                "band_edges": list(BAND_EDGES), "threads": torch.get_num_threads(), "networks": results}

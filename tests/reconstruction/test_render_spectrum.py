@@ -44,3 +44,15 @@ def test_blur_lowers_high_bands_only(spectrum):
     ratio = [b / a for a, b in zip(spectrum.band_power(image), spectrum.band_power(blurred))]
     assert ratio[0] > 0.9 and ratio[-1] < 0.1
     assert all(x >= y for x, y in zip(ratio, ratio[1:]))
+
+
+def test_footprint_is_scale_times_focal_over_depth(spectrum):
+    from splatting import Cameras, Gaussians
+
+    means = torch.tensor([[[0.0, 0.0, 2.0], [0.1, 0.0, 4.0], [0.0, 0.0, -1.0]]])
+    log_scales = torch.log(torch.tensor([[[0.01, 0.002, 0.001], [0.001, 0.03, 0.001], [0.5, 0.5, 0.5]]]))
+    gaussians = Gaussians(means=means, log_scales=log_scales, quats=torch.tensor([1.0, 0, 0, 0]).expand(1, 3, 4),
+                          opacity_logits=torch.zeros(1, 3), sh=torch.zeros(1, 3, 1, 3))
+    k = torch.tensor([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]])
+    cameras = Cameras(world_to_cam=torch.eye(4)[None, None], K=k[None, None], width=64, height=64)
+    assert spectrum.footprint_px(gaussians, cameras).tolist() == pytest.approx([0.5, 0.75])  # behind: left out
