@@ -29,6 +29,7 @@ from splatting.backends import BACKENDS
 from metrics.detector import DetectorError
 from metrics.metric_utils import MetricError
 from training.precision import DTYPES, FORCE_ENV
+from training.runtime_checks import check_runtime_choices
 
 
 def parse_metric_list(ctx, param, value: str) -> list[str]:
@@ -66,24 +67,6 @@ def dataset_kwargs_for(snapshot: dict, data: str | None, snapshot_path: str) -> 
     if not os.path.exists(kwargs["path"]):
         raise MetricError(f"{snapshot_path}: its training dataset {kwargs['path']} does not exist here; pass --data")
     return {"path": kwargs["path"]}  # resolution is checked against G, x-flip/max_size follow the _full rule
-
-
-def check_backend(backend: str, device) -> str:
-    """--backend must exist here and render `device` tensors (refused before any work)."""
-    from training.generator import check_backend_usable
-    try:
-        return check_backend_usable(backend, device)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--backend") from None
-
-
-def check_dtype(dtype: str, device) -> str:
-    """--dtype bf16 must be native on `device` (or forced with GSGAN_FORCE_BF16=1), refused before any work."""
-    from training.precision import PrecisionError, check_dtype_usable
-    try:
-        return check_dtype_usable(dtype, device)
-    except PrecisionError as error:
-        raise click.BadParameter(str(error), param_hint="--dtype") from None
 
 
 def load_generator(snapshot_path: str, device, backend: str = "auto", dtype: str = "fp32"):
@@ -181,8 +164,7 @@ def main(metrics, network, data, gpus, detector, allow_small, device, backend, d
     from torch_utils import checkpoint
     try:
         dev = resolve_device(device, gpus)
-        check_backend(backend, dev)
-        check_dtype(dtype, dev)
+        check_runtime_choices(backend, dtype, dev)
         snapshot_path = checkpoint.resolve_snapshot(network)
         snapshot, G = load_generator(snapshot_path, dev if gpus == 1 else "cpu", backend, dtype)
         args = dict(metrics=metrics, snapshot=snapshot_path, dataset_kwargs=dataset_kwargs_for(snapshot, data,

@@ -16,6 +16,7 @@ import click
 from splatting.backends import BACKENDS
 from splatting.ply import MAX_SH_DEGREE, PLY_FRAMES
 from training.precision import DTYPES, FORCE_ENV
+from training.runtime_checks import check_runtime_choices
 from viewer.cli import view
 from training.generator import COMPAT_TRUNCATION_CUTOFF
 from training.mp4_writer import check_bitrate, check_fps
@@ -189,26 +190,6 @@ def videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_
         restore_handlers(previous)
 
 
-def _check_backend(backend: str, device):
-    """The rasterizer must exist here and render `device` tensors: refused before any rendering."""
-    from training.generator import check_backend_usable
-
-    try:
-        return check_backend_usable(backend, device)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="'--backend'") from None
-
-
-def _check_dtype(dtype: str, device):
-    """bf16 must be native on `device` (or forced): refused before the snapshot is loaded."""
-    from training.precision import PrecisionError, check_dtype_usable
-
-    try:
-        return check_dtype_usable(dtype, device)
-    except PrecisionError as error:
-        raise click.BadParameter(str(error), param_hint="'--dtype'") from None
-
-
 def _load_generator(network: str, device):
     from torch_utils.checkpoint import SnapshotError, load_snapshot, resolve_snapshot
 
@@ -238,8 +219,7 @@ def _videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num
     except OutputPathError as error:
         raise click.BadParameter(str(error).removeprefix("--outdir: "), param_hint="'--outdir'") from None
     device = _device(device)
-    _check_backend(backend, device)
-    _check_dtype(dtype, device)
+    check_runtime_choices(backend, dtype, device)
 
     snapshot, G = _load_generator(network, device)
     G.backend = backend
