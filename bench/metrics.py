@@ -168,8 +168,8 @@ def main(num_images, batch, repeats, fid_images, resolution, data, threads, dete
         set_a = torch.from_numpy(procedural_images(fid_images, resolution, 3, seed=1))
         set_b = torch.from_numpy(procedural_images(fid_images, resolution, 8, seed=2))
     ends = {BEFORE: lambda x: old_features(det, x), AFTER: det}
-    ways = dict(ends)
-    if det.fused:
+    ways = ends
+    if det.fused:  # the middle row: freezing alone
         frozen = detector_lib.freeze_for_inference(det.module)
         ways = {BEFORE: ends[BEFORE], UNFUSED: lambda x: unfused_features(det, frozen, x), AFTER: det}
     print(f"measuring {num_images} images x {repeats} repeats per way, batch {batch}, {threads} threads, "

@@ -49,12 +49,15 @@ def band_power(images, edges=BAND_EDGES):
     return out
 
 
-def footprint_px(gaussians, cameras):
-    """[N] the largest axis of each Gaussian of scene 0, in pixels of camera 0 (scale * fx / depth), before the
-    rasterizer's dilation; Gaussians behind the camera are left out."""
-    w2c, fx = cameras.world_to_cam[0, 0], cameras.K[0, 0, 0, 0]
-    depth = gaussians.means[0] @ w2c[:3, :3].T[:, 2] + w2c[2, 3]
-    sigma = gaussians.log_scales[0].exp().amax(-1) * fx / depth.clamp_min(1e-6)
+def footprint_px(gaussians, views):
+    """[N] the largest axis of each Gaussian of scene 0, in pixels of its view 0 (scale * fx / depth), before the
+    rasterizer's dilation; Gaussians behind the camera are left out. `views`: batched VIEWS (reconstruction.views)."""
+    from reconstruction.geometry import project
+
+    height, width = views["image"].shape[-2:]
+    intrinsics, c2w = views["intrinsics"][0, 0], views["extrinsics"][0, 0]
+    _, depth = project(gaussians.means[0], intrinsics, c2w, width, height)
+    sigma = gaussians.log_scales[0].exp().amax(-1) * (intrinsics[0, 0] * width) / depth.clamp_min(1e-6)
     return sigma[depth > 0]
 
 
@@ -89,10 +92,9 @@ def measure(network: str, data: str, limit: int | None) -> dict:
             renders = {"render" if densifier is None else "coarse": out.gaussians}
             if densifier is not None:
                 renders["fine"] = densifier(context, out).gaussians
-            for key, value in (("ground_truth", band_power(truth)),):
-                sums[key] = [s + v for s, v in zip(sums[key], value)]
+            sums["ground_truth"] = [s + v for s, v in zip(sums["ground_truth"], band_power(truth))]
             for name, gaussians in renders.items():
-                footprints[name].append(footprint_px(gaussians, to_cameras(context)))
+                footprints[name].append(footprint_px(gaussians, context))
                 image = render(gaussians, cameras).color[0].clamp(0, 1)
                 for key, value in ((name, band_power(image)), (f"{name}_error", band_power(image - truth))):
                     sums[key] = [s + v for s, v in zip(sums[key], value)]

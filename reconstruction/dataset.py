@@ -80,14 +80,12 @@ def make_views(frames: Tensor, extrinsics: Tensor, intrinsics: Tensor, images: d
             "index": frames.to(torch.int64).clone()}
 
 
-def _example(key: str, context: Tensor, target: Tensor, extrinsics: Tensor, intrinsics: Tensor,
-             images: dict[int, Tensor], dataset) -> dict:
-    """{"key", "context", "target"}: context views at the dataset's image_shape, targets at its target_shape."""
+def make_example(key: str, context: Tensor, target: Tensor, extrinsics: Tensor, intrinsics: Tensor,
+                 images: dict[int, Tensor], image_shape, target_shape, near: float, far: float) -> dict:
+    """{"key", "context", "target"}: context views at image_shape, target views at target_shape."""
     return {"key": key,
-            "context": make_views(context, extrinsics, intrinsics, images, dataset.image_shape, dataset.near,
-                                  dataset.far),
-            "target": make_views(target, extrinsics, intrinsics, images, dataset.target_shape, dataset.near,
-                                 dataset.far)}
+            "context": make_views(context, extrinsics, intrinsics, images, image_shape, near, far),
+            "target": make_views(target, extrinsics, intrinsics, images, target_shape, near, far)}
 
 
 def _decode_frames(example: dict, frames, where: str) -> dict[int, Tensor]:
@@ -187,7 +185,8 @@ class SceneStream(torch.utils.data.IterableDataset):
         images = _decode_frames(example, torch.cat([context, target]), where)
         if self.frame_shape is not None and any(tuple(im.shape[1:]) != self.frame_shape for im in images.values()):
             return "frame_shape", None
-        item = _example(key, context, target, extrinsics, intrinsics, images, self)
+        item = make_example(key, context, target, extrinsics, intrinsics, images, self.image_shape,
+                            self.target_shape, self.near, self.far)
         if self.flip and bool(torch.rand((), generator=generator) < 0.5):
             item["context"], item["target"] = flip_views(item["context"]), flip_views(item["target"])
         return None, item
@@ -257,4 +256,5 @@ class EvaluationSet(torch.utils.data.Dataset):
         where = f"{self.store.path_of(key)}: key {key!r}"
         extrinsics, intrinsics = parse_cameras(example["cameras"], f"{where}: field 'cameras'")
         images = _decode_frames(example, torch.cat([context, target]), where)
-        return _example(key, context, target, extrinsics, intrinsics, images, self)
+        return make_example(key, context, target, extrinsics, intrinsics, images, self.image_shape,
+                            self.target_shape, self.near, self.far)

@@ -10,6 +10,8 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abs
 
 @pytest.fixture
 def spectrum(monkeypatch):
+    import reconstruction.geometry  # noqa: F401  (the package first: bench/ also holds a reconstruction.py)
+
     monkeypatch.syspath_prepend(BENCH)
     import render_spectrum
     return render_spectrum
@@ -47,12 +49,13 @@ def test_blur_lowers_high_bands_only(spectrum):
 
 
 def test_footprint_is_scale_times_focal_over_depth(spectrum):
-    from splatting import Cameras, Gaussians
+    from splatting import Gaussians
 
     means = torch.tensor([[[0.0, 0.0, 2.0], [0.1, 0.0, 4.0], [0.0, 0.0, -1.0]]])
     log_scales = torch.log(torch.tensor([[[0.01, 0.002, 0.001], [0.001, 0.03, 0.001], [0.5, 0.5, 0.5]]]))
     gaussians = Gaussians(means=means, log_scales=log_scales, quats=torch.tensor([1.0, 0, 0, 0]).expand(1, 3, 4),
                           opacity_logits=torch.zeros(1, 3), sh=torch.zeros(1, 3, 1, 3))
-    k = torch.tensor([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]])
-    cameras = Cameras(world_to_cam=torch.eye(4)[None, None], K=k[None, None], width=64, height=64)
-    assert spectrum.footprint_px(gaussians, cameras).tolist() == pytest.approx([0.5, 0.75])  # behind: left out
+    views = {"image": torch.zeros(1, 2, 3, 64, 64),  # normalized intrinsics: fx = 100 px at 64 px wide
+             "intrinsics": torch.tensor([[100 / 64, 0, 0.5], [0, 100 / 64, 0.5], [0, 0, 1]]).expand(1, 2, 3, 3),
+             "extrinsics": torch.eye(4).expand(1, 2, 4, 4)}
+    assert spectrum.footprint_px(gaussians, views).tolist() == pytest.approx([0.5, 0.75])  # behind: left out
