@@ -1,4 +1,5 @@
-"""Pinhole geometry for posed views: pixel grids, (un)projection, inverse-depth planes and plane-sweep warping.
+"""Pinhole geometry for posed views: (un)projection, inverse-depth planes and plane-sweep warping (pixel rays:
+splatting.cameras, shared with the GAN half).
 
 Conventions are those of `reconstruction/views.py`: normalized intrinsics (row 0 divided by W, row 1 by H),
 camera-to-world extrinsics with OpenCV axes (x right, y down, z forward), z-depth, and pixel (i, j) centred at
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from splatting.cameras import rigid_inverse
+from splatting.cameras import camera_rays, rigid_inverse
 
 
 class GeometryError(ValueError):
@@ -22,34 +23,6 @@ def _check_matrices(name: str, t: Tensor, size: int) -> None:
     if not isinstance(t, Tensor) or t.ndim < 2 or tuple(t.shape[-2:]) != (size, size):
         shape = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
         raise GeometryError(f"{name}: expected shape [..., {size}, {size}], got {shape}")
-
-
-def pixel_centers(height: int, width: int, device=None, dtype=None) -> Tensor:
-    """[height, width, 2] pixel-centre coordinates (u, v) = (x + 0.5, y + 0.5) in pixels."""
-    if height <= 0 or width <= 0:
-        raise GeometryError(f"pixel_centers: expected a positive size, got {height}x{width}")
-    dtype = dtype or torch.get_default_dtype()
-    v = torch.arange(height, device=device, dtype=dtype) + 0.5
-    u = torch.arange(width, device=device, dtype=dtype) + 0.5
-    return torch.stack(torch.meshgrid(u, v, indexing="xy"), dim=-1)
-
-
-def camera_rays(intrinsics: Tensor, height: int, width: int) -> Tensor:
-    """[..., height, width, 3] camera-space points at z = 1 through every pixel centre: K^-1 [u/W, v/H, 1]."""
-    _check_matrices("intrinsics", intrinsics, 3)
-    uv = pixel_centers(height, width, intrinsics.device, intrinsics.dtype)
-    scale = uv.new_tensor([width, height])
-    return image_to_camera(uv / scale, intrinsics)
-
-
-def image_to_camera(uv_norm: Tensor, intrinsics: Tensor) -> Tensor:
-    """Camera-space points at z = 1 of normalized image coordinates uv_norm [..., H, W, 2] (pixels / size),
-    for normalized pinhole intrinsics [..., 3, 3] (zero skew, as the data layout guarantees); the two image
-    dimensions broadcast against the camera dimensions."""
-    k = intrinsics[..., None, None, :, :]
-    x = (uv_norm[..., 0] - k[..., 0, 2]) / k[..., 0, 0]
-    y = (uv_norm[..., 1] - k[..., 1, 2]) / k[..., 1, 1]
-    return torch.stack([x, y, torch.ones_like(x)], dim=-1)
 
 
 def unproject(depth: Tensor, intrinsics: Tensor, c2w: Tensor) -> Tensor:

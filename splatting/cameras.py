@@ -74,6 +74,40 @@ def rigid_inverse(matrix: Tensor) -> Tensor:
     return torch.cat([top, bottom], dim=-2)
 
 
+# Pixel rays of pinhole cameras with normalized intrinsics (row 0 divided by W, row 1 by H): the same
+# matrices serve an image and any resampling of it, so every function takes the grid size it works on.
+
+
+def pixel_centers(height: int, width: int, device=None, dtype=None) -> Tensor:
+    """[height, width, 2] pixel-centre coordinates (u, v) = (x + 0.5, y + 0.5) in pixels."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"pixel_centers: expected a positive size, got {height}x{width}")
+    dtype = dtype or torch.get_default_dtype()
+    v = torch.arange(height, device=device, dtype=dtype) + 0.5
+    u = torch.arange(width, device=device, dtype=dtype) + 0.5
+    return torch.stack(torch.meshgrid(u, v, indexing="xy"), dim=-1)
+
+
+def camera_rays(intrinsics: Tensor, height: int, width: int) -> Tensor:
+    """[..., height, width, 3] camera-space points at z = 1 through every pixel centre: K^-1 [u/W, v/H, 1]."""
+    if not isinstance(intrinsics, Tensor) or intrinsics.ndim < 2 or tuple(intrinsics.shape[-2:]) != (3, 3):
+        shape = list(intrinsics.shape) if isinstance(intrinsics, Tensor) else type(intrinsics).__name__
+        raise ValueError(f"intrinsics: expected shape [..., 3, 3], got {shape}")
+    uv = pixel_centers(height, width, intrinsics.device, intrinsics.dtype)
+    scale = uv.new_tensor([width, height])
+    return image_to_camera(uv / scale, intrinsics)
+
+
+def image_to_camera(uv_norm: Tensor, intrinsics: Tensor) -> Tensor:
+    """Camera-space points at z = 1 of normalized image coordinates uv_norm [..., H, W, 2] (pixels / size),
+    for normalized pinhole intrinsics [..., 3, 3] (zero skew, as the data layout guarantees); the two image
+    dimensions broadcast against the camera dimensions."""
+    k = intrinsics[..., None, None, :, :]
+    x = (uv_norm[..., 0] - k[..., 0, 2]) / k[..., 0, 0]
+    y = (uv_norm[..., 1] - k[..., 1, 2]) / k[..., 1, 1]
+    return torch.stack([x, y, torch.ones_like(x)], dim=-1)
+
+
 @dataclass
 class Cameras:
     """B scenes seen by C cameras each (dimension letters: B batch, C cameras).

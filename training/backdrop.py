@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from reconstruction.geometry import camera_rays
+from splatting.cameras import camera_rays
 from training.config import BACKDROP_MODES
 from training.layers import EqLinear
 

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from splatting import Gaussians
+from splatting.cameras import image_to_camera, pixel_centers
 from splatting.gaussians import SH_C0
 from splatting.projection import quaternion_multiply
 
-from ..geometry import image_to_camera, pixel_centers, rotation_to_quaternion
+from ..geometry import rotation_to_quaternion
 from .sh_rotation import rotate_sh
 
 SCALE_MIN, SCALE_MAX = 0.5, 15.0

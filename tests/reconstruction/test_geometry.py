@@ -1,13 +1,13 @@
-"""reconstruction.geometry: (un)projection round trips, inverse-depth planes, plane-sweep warps of analytically
-rendered planes, and the quaternion helpers."""
+"""reconstruction.geometry and splatting.cameras' pixel rays: (un)projection round trips, inverse-depth planes,
+plane-sweep warps of analytically rendered planes, and the quaternion helpers."""
 import math
 
 import pytest
 import torch
 
-from reconstruction.geometry import (GeometryError, camera_rays, inverse_depth_candidates, pixel_centers, project,
-                                     rotation_to_quaternion, unproject, warp_to_planes)
-from splatting.cameras import look_at
+from reconstruction.geometry import (GeometryError, inverse_depth_candidates, project, rotation_to_quaternion,
+                                     unproject, warp_to_planes)
+from splatting.cameras import camera_rays, look_at, pixel_centers
 from splatting.projection import quat_to_rotmat, quaternion_multiply
 
 
