@@ -135,6 +135,8 @@ def cli():
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate [2e-4].")
 @click.option("--densify-lr", type=click.FloatRange(min=0, min_open=True),
               help="Peak learning rate of the densifier's parameters [--lr].")
+@click.option("--densify-eps", type=click.FloatRange(min=0, min_open=True),
+              help="Adam epsilon of the densifier's parameters [1e-15].")
 @click.option("--lpips-weight", type=click.FloatRange(min=0), help="LPIPS-VGG loss weight [re10k 0.05; scenes 0].")
 @click.option("--lpips-after", type=click.IntRange(min=0), default=0, show_default=True,
               help="Use the LPIPS term from this step on.")
@@ -190,6 +192,7 @@ def build_train_options(opts: dict):
         "data.image_shape": opts["resolution"], "data.target_shape": opts.get("target_resolution"),
         "model.preset": opts["model_preset"],
         "model.backend": opts["backend"], "optim.lr": opts["lr"], "optim.densify_lr": opts.get("densify_lr"),
+        "optim.densify_eps": opts.get("densify_eps"),
         "loss.lpips_weight": opts["lpips_weight"],
         "loss.lpips_after": opts["lpips_after"], "sampler.warmup_steps": opts["gap_warmup"],
     }
@@ -197,7 +200,8 @@ def build_train_options(opts: dict):
     if model_args:
         overrides["model.overrides"] = model_args
     densify_given = [name for name, key in (("--densify-preset", "densify_preset"), ("--densify-arg", "densify_args"),
-                                            ("--k-num", "k_num"), ("--densify-lr", "densify_lr")) if opts.get(key)]
+                                            ("--k-num", "k_num"), ("--densify-lr", "densify_lr"),
+                                            ("--densify-eps", "densify_eps")) if opts.get(key)]
     if densify_given and not opts.get("densify"):
         raise click.BadParameter(f"{', '.join(densify_given)} given without --densify", param_hint="--densify")
     if opts.get("densify"):

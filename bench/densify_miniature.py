@@ -43,7 +43,7 @@ RECONSTRUCT = os.path.join(REPO_ROOT, "reconstruct.py")
 
 def train_args(base: str, data: str, outdir: str, steps: int, densify: bool, k_num: int | None,
                densify_args: tuple, seed: int, densify_lr: float | None = None,
-               target_resolution: tuple[int, int] | None = None) -> list[str]:
+               target_resolution: tuple[int, int] | None = None, densify_eps: float | None = None) -> list[str]:
     """`reconstruct.py train` arguments of run (a) (densify=False) or (b)."""
     args = ["--experiment=scenes", f"--data={data}", f"--outdir={outdir}", f"--steps={steps}", "--gap-warmup=0",
             f"--seed={seed}", "--snapshot-ticks=0", *target_args(target_resolution)]
@@ -54,6 +54,8 @@ def train_args(base: str, data: str, outdir: str, steps: int, densify: bool, k_n
         args.append(f"--k-num={k_num}")
     if densify_lr is not None:
         args.append(f"--densify-lr={densify_lr}")
+    if densify_eps is not None:
+        args.append(f"--densify-eps={densify_eps}")
     return args + [f"--densify-arg={item}" for item in densify_args]
 
 
@@ -119,6 +121,8 @@ def _summary(output: str) -> dict:
 @click.option("--densify-arg", "densify_args", multiple=True, metavar="KEY=VALUE", help="Densifier override.")
 @click.option("--densify-lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate of (b)'s fresh densifier [the encoder's].")
+@click.option("--densify-eps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Adam epsilon of (b)'s densifier [reconstruct.py train's default].")
 @click.option("--calibration-steps", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option("--parallel/--sequential", default=True, show_default=True, help="Run (a) and (b) side by side.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -126,8 +130,8 @@ def _summary(output: str) -> dict:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--target-resolution", type=ShapeType(), default=None,
               help="Train and score both runs on target views of this size, H or HxW [the contexts' size].")
-def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, calibration_steps, parallel, threads, seed,
-         target_resolution):
+def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_eps, calibration_steps, parallel,
+         threads, seed, target_resolution):
     outdir = os.path.abspath(outdir or tempfile.mkdtemp(prefix="densify-miniature-"))
     os.makedirs(outdir, exist_ok=True)
     data, base = os.path.abspath(data), os.path.abspath(base)
@@ -135,11 +139,13 @@ def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, calibrati
     threads = threads or (1 if parallel else max(1, os.cpu_count() or 1))
     args_a = train_args(base, data, outdir, steps_a, False, k_num, densify_args, seed,
                         target_resolution=target_resolution)
-    probe_b = train_args(base, data, outdir, steps_a, True, k_num, densify_args, seed, densify_lr, target_resolution)
+    probe_b = train_args(base, data, outdir, steps_a, True, k_num, densify_args, seed, densify_lr, target_resolution,
+                         densify_eps)
     click.echo("calibrating: training steps of (a) and (b) in turn ...")
     cal = calibrate(args_a, probe_b, calibration_steps, threads)
     steps_b = max(1, round(steps_a * cal["t_a"] / cal["t_b"]))
-    args_b = train_args(base, data, outdir, steps_b, True, k_num, densify_args, seed, densify_lr, target_resolution)
+    args_b = train_args(base, data, outdir, steps_b, True, k_num, densify_args, seed, densify_lr, target_resolution,
+                        densify_eps)
     click.echo(f"t_a {cal['t_a']:.3f} s/step, t_b {cal['t_b']:.3f} s/step at {threads} thread(s) (ratio "
                f"{cal['t_b'] / cal['t_a']:.2f}): (a) {steps_a} steps, (b) {steps_b} steps = "
                f"{steps_a * cal['t_a'] / 60:.1f} min each at these step times")
@@ -182,7 +188,8 @@ def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, calibrati
     click.echo(f"(b) fine - (a): {b['psnr'] - a['psnr']:+.2f} dB; (b) fine - coarse: "
                f"{b['psnr'] - b['coarse_psnr']:+.2f} dB")
     payload = {"kind": "densify-miniature", "git_commit": git_commit(), "base": base, "data": data,
-               "k_num": k_num, "densify_args": list(densify_args), "densify_lr": densify_lr, "calibration": cal,
+               "k_num": k_num, "densify_args": list(densify_args), "densify_lr": densify_lr,
+               "densify_eps": densify_eps, "calibration": cal,
                "target_resolution": None if target_resolution is None else list(target_resolution),
                "steps_a": steps_a, "steps_b": steps_b, "wall_seconds_both_runs": wall, "parallel": parallel,
                "threads": threads,

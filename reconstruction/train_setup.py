@@ -50,7 +50,8 @@ def build_optimizer(encoder, densifier, options: ReconTrainOptions) -> torch.opt
     so a fresh densifier fine-tuned on a trained encoder can take its own peak learning rate (--densify-lr)."""
     groups = [{"params": [p for p in encoder.parameters() if p.requires_grad], "lr": options.optim.lr}]
     if densifier is not None:
-        groups.append({"params": [p for p in densifier.parameters() if p.requires_grad], "lr": peak_lrs(options)[1]})
+        groups.append({"params": [p for p in densifier.parameters() if p.requires_grad], "lr": peak_lrs(options)[1],
+                       "eps": options.optim.densify_eps})
     return torch.optim.Adam(groups, lr=options.optim.lr)
 
 

@@ -136,10 +136,10 @@ def test_selection_overlay_marks_exactly_the_selected_pixels():
 
 
 def test_densifier_takes_its_own_peak_learning_rate(data_root, tmp_path):
-    """--densify-lr: the densifier's parameters are the optimizer's second group, with their own OneCycle peak;
-    without it both groups follow --lr."""
-    peaks = {}
-    for name, changes in (("own", {"optim.densify_lr": 1e-3}), ("same", {})):
+    """--densify-lr / --densify-eps: the densifier's parameters are the optimizer's second group, with their own
+    OneCycle peak and Adam epsilon; without --densify-lr both groups follow --lr."""
+    peaks, eps = {}, {}
+    for name, changes in (("own", {"optim.densify_lr": 1e-3, "optim.densify_eps": 1e-12}), ("same", {})):
         os.makedirs(tmp_path / name)
         trainer = loop.ReconTrainer(dense_options(data_root, str(tmp_path), steps=100, **changes),
                                     str(tmp_path / name), 0, 1, torch.device("cpu"))
@@ -149,15 +149,19 @@ def test_densifier_takes_its_own_peak_learning_rate(data_root, tmp_path):
             assert len(encoder_group["params"]) == len(list(trainer.encoder.parameters()))
             assert len(densifier_group["params"]) == len(list(trainer.densifier.parameters()))
             peaks[name] = (encoder_group["max_lr"], densifier_group["max_lr"])
+            eps[name] = (encoder_group["eps"], densifier_group["eps"])
             # the schedule starts every group at its peak / div_factor
             assert densifier_group["lr"] == pytest.approx(peaks[name][1] / 25)
         finally:
             trainer.close()
     assert peaks == {"own": (2e-4, 1e-3), "same": (2e-4, 2e-4)}
+    assert eps == {"own": (1e-8, 1e-12), "same": (1e-8, ReconTrainOptions().optim.densify_eps)}
     with pytest.raises(ValueError, match="--densify-lr must be > 0"):
         dense_options(data_root, str(tmp_path), **{"optim.densify_lr": -1.0}).validate()
     with pytest.raises(ValueError, match="densify_lr: expected a finite number"):
         dense_options(data_root, str(tmp_path), **{"optim.densify_lr": float("nan")})
+    with pytest.raises(ValueError, match="--densify-eps must be > 0"):
+        dense_options(data_root, str(tmp_path), **{"optim.densify_eps": 0.0}).validate()
 
 
 def test_fine_tune_from_a_base_run_starts_fresh_at_step_zero(data_root, base_run, tmp_path):
@@ -327,6 +331,7 @@ def test_densify_bad_inputs_are_one_line(data_root, base_run, dense_run, tmp_pat
     assert "unknown name 'huge'" in error_line(invoke(*common, *DENSIFY_ARGS, "--densify-preset", "huge"))
     assert "given without --densify" in error_line(invoke(*common, "--k-num", 3))
     assert "--densify-lr given without --densify" in error_line(invoke(*common, "--densify-lr", 1e-3))
+    assert "--densify-eps given without --densify" in error_line(invoke(*common, "--densify-eps", 1e-12))
     assert "densify_lr: expected a finite number, got nan" in error_line(invoke(*common, *DENSIFY_ARGS,
                                                                                 "--densify-lr", "nan"))
     assert "KEY=VALUE" in error_line(invoke(*common, *DENSIFY_ARGS, "--densify-arg", "x"))
