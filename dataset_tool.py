@@ -561,6 +561,7 @@ def scenes(dest, train_scenes, test_scenes, frames, resolution, width, height, s
     shape). Every visible surface lies at depth 1-20; use near 1, far 100. Identical options give identical
     bytes.
     """
+    from reconstruction import scene_dataset as sd
     from reconstruction import synthetic_scenes as ss
     from reconstruction.chunks import ChunkError, write_chunks
 
@@ -580,7 +581,7 @@ def scenes(dest, train_scenes, test_scenes, frames, resolution, width, height, s
             "image_shape": [height, width], "format": fmt, "quality": quality if fmt == "jpeg" else None,
             "supersample": supersample, "detail": detail, "scenes": {"train": train_scenes, "test": test_scenes},
             "near": 1.0, "far": 100.0, "depth_range": [ss.MIN_DEPTH, ss.MAX_DEPTH],
-            "context_gap": list(ss.CONTEXT_GAP)}
+            "context_gap": list(sd.CONTEXT_GAP)}
     try:
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(atomic_folder(dest))
@@ -592,9 +593,9 @@ def scenes(dest, train_scenes, test_scenes, frames, resolution, width, height, s
             for split, split_jobs in jobs.items():
                 if not split_jobs:
                     continue
-                results = render(ss.render_scene_job, split_jobs, **({"chunksize": 2} if workers > 1 else {}))
+                results = render(sd.render_scene_job, split_jobs, **({"chunksize": 2} if workers > 1 else {}))
                 paths += len(write_chunks(tmp, split, _scene_examples(results, bar)))
-            evaluation = {ss.scene_key(seed, "test", i): ss.evaluation_views(seed, i, frames)
+            evaluation = {sd.scene_key(seed, "test", i): sd.evaluation_views(seed, i, frames)
                           for i in range(test_scenes)}
             _write_json(os.path.join(tmp, "evaluation_index.json"), evaluation)
             _write_json(os.path.join(tmp, "scenes.json"), info)

@@ -4,7 +4,7 @@ Not a test: run `python bench/reconstruction.py` (options: --help). Every setup 
 its peak memory is its own: on the CPU the "RSS+" figure is how far the measured work raised the process's peak
 resident set size (ru_maxrss) above its peak just before (model built, data in memory; the runs include one
 warm-up), and the process peak is reported too; on CUDA it is torch.cuda.max_memory_allocated. Scenes are
-procedural rooms (reconstruction.synthetic_scenes), rendered once.
+procedural rooms (reconstruction.synthetic_scenes, scene_raycast), rendered once.
 
 - forward: encoder + rendering of the target views of one scene, no gradients (what `reconstruct.py test` does);
 - train step: forward of a batch, MSE (+ LPIPS-VGG when the preset trains with it), backward, Adam step;
@@ -50,6 +50,7 @@ def _scene_batch(size: int, num_context: int, num_target: int, batch: int, seed:
     import numpy as np
     import torch
 
+    from reconstruction import scene_raycast
     from reconstruction import synthetic_scenes as ss
 
     scenes = []
@@ -58,7 +59,7 @@ def _scene_batch(size: int, num_context: int, num_target: int, batch: int, seed:
         scene, path = ss.sample_scene(rng, 40, size, size)
         frames = [14, 26] + ([20] if num_context == 3 else [])
         frames = frames[:num_context] + list(np.linspace(15, 25, num_target).round().astype(int))
-        images = [ss.render(scene, path.cam2world[f], path.intrinsics, size, size, supersample=1) for f in frames]
+        images = [scene_raycast.render(scene, path.cam2world[f], path.intrinsics, size, size, supersample=1) for f in frames]
         scenes.append((np.stack(images), path.cam2world[frames], np.repeat(path.intrinsics[None], len(frames), 0)))
 
     def views(part: slice) -> dict:

@@ -369,7 +369,8 @@ def _torus_hits(o_local: np.ndarray, d_local: np.ndarray, tube: float) -> np.nda
 
 def _convex_hits(kind: int, o_local: np.ndarray, d_local: np.ndarray) -> np.ndarray:
     """Unit cube / cylinder hits through the reconstruction ray caster's closed forms (which take unit rays)."""
-    from reconstruction.synthetic_scenes import KIND_BOX as R_BOX, KIND_CYLINDER as R_CYLINDER, intersect_object
+    from reconstruction.scene_raycast import intersect_object
+    from reconstruction.synthetic_scenes import KIND_BOX as R_BOX, KIND_CYLINDER as R_CYLINDER
 
     scale = np.sqrt(np.einsum("hwi,hwi->hw", d_local, d_local))
     unit = np.moveaxis(d_local / scale[..., None], -1, 0)
@@ -430,7 +431,8 @@ def local_normals(scene: Scene, p: int, local: np.ndarray) -> np.ndarray:
     if kind == KIND_TORUS:
         rho = np.maximum(np.sqrt(local[:, 0] ** 2 + local[:, 1] ** 2), 1e-12)
         return local - np.stack([local[:, 0] / rho, local[:, 1] / rho, np.zeros_like(rho)], axis=1)
-    from reconstruction.synthetic_scenes import KIND_BOX as R_BOX, KIND_CYLINDER as R_CYLINDER, object_normal
+    from reconstruction.scene_raycast import object_normal
+    from reconstruction.synthetic_scenes import KIND_BOX as R_BOX, KIND_CYLINDER as R_CYLINDER
 
     return object_normal(R_BOX if kind == KIND_BOX else R_CYLINDER, local.T.copy(), np.ones(3)).T
 

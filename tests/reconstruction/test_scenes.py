@@ -15,13 +15,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 import dataset_tool
+from reconstruction import scene_dataset as sd
+from reconstruction import scene_raycast as rc
 from reconstruction import synthetic_scenes as ss
 from reconstruction.chunks import ChunkStore, decode_image, parse_cameras, read_index
 from splatting.cameras import look_at
 
 
 def _scene(index, frames=40, width=64, height=64, split="train", seed=0):
-    return ss.sample_scene(ss.scene_rng(seed, split, index), frames, width, height)
+    return ss.sample_scene(sd.scene_rng(seed, split, index), frames, width, height)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -48,7 +50,7 @@ def test_intersect_object_matches_ray_marching(kind, size):
     ts = np.arange(0.0, 6.0, step)
     hits = 0
     for o, d in zip(origins, dirs):
-        got = ss.intersect_object(kind, (o - center) @ rotation, (d @ rotation)[:, None], size)[0]
+        got = rc.intersect_object(kind, (o - center) @ rotation, (d @ rotation)[:, None], size)[0]
         sdf = ss._object_distance(kind, center, rotation, size, o + ts[:, None] * d)
         inside = np.flatnonzero(sdf <= 0)
         if inside.size == 0:
@@ -67,8 +69,8 @@ def test_thin_wire_float32_matches_float64():
     y = np.linspace(-0.015, 0.015, 301)
     dirs = np.stack([np.zeros_like(y), y, np.full_like(y, 15.0)])
     dirs /= np.linalg.norm(dirs, axis=0)
-    t64 = ss.intersect_object(ss.KIND_CYLINDER, origin @ rotation, rotation.T @ dirs, size)
-    t32 = ss.intersect_object(ss.KIND_CYLINDER, origin @ rotation, (rotation.T @ dirs).astype(np.float32), size)
+    t64 = rc.intersect_object(ss.KIND_CYLINDER, origin @ rotation, rotation.T @ dirs, size)
+    t32 = rc.intersect_object(ss.KIND_CYLINDER, origin @ rotation, (rotation.T @ dirs).astype(np.float32), size)
     assert np.isfinite(t64).sum() > 100
     assert (np.isfinite(t64) ^ np.isfinite(t32)).sum() <= 2  # at most the two grazing rays may differ
     both = np.isfinite(t64) & np.isfinite(t32)
@@ -83,10 +85,10 @@ def test_object_normal_is_sdf_gradient(kind, size):
     origin = np.array([0.3, -3.0, 0.2])  # from the side, so the cylinder shows both its side and a cap
     dirs = rng.uniform(-0.8, 0.8, size=(300, 3)) - origin
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    t = ss.intersect_object(kind, origin, dirs.T, size)
+    t = rc.intersect_object(kind, origin, dirs.T, size)
     ok = np.isfinite(t)
     points = origin + dirs[ok] * t[ok, None]
-    normals = ss.object_normal(kind, points.T.copy(), size).T
+    normals = rc.object_normal(kind, points.T.copy(), size).T
     eps = 1e-6
     grad = np.stack([(ss._object_distance(kind, np.zeros(3), np.eye(3), size, points + eps * e)
                       - ss._object_distance(kind, np.zeros(3), np.eye(3), size, points - eps * e)) / (2 * eps)
@@ -106,7 +108,7 @@ def test_room_hit_lands_on_the_named_face():
     dirs[:, :6] = np.concatenate([np.eye(3), -np.eye(3)], axis=1)  # axis-aligned rays: zero components
     dirs[:, 6] = [-0.0, 1.0, 0.0]  # a negative zero must not flip the wall
     dirs /= np.linalg.norm(dirs, axis=0)
-    t, face = ss._room_hit(origin, dirs, lo, hi)
+    t, face = rc._room_hit(origin, dirs, lo, hi)
     assert np.isfinite(t).all() and (t > 0).all()
     points = origin[:, None] + dirs * t
     axis, side = face // 2, face % 2
@@ -174,7 +176,7 @@ def test_depth_range_and_clearance(width, height):
         positions = trajectory.cam2world[:, :3, 3]
         assert ss.signed_distance(scene, positions).min() >= ss.clearance(trajectory.intrinsics) - 1e-9
         for frame in (0, 13, 39):
-            image, depth = ss.render(scene, trajectory.cam2world[frame], trajectory.intrinsics, width, height,
+            image, depth = rc.render(scene, trajectory.cam2world[frame], trajectory.intrinsics, width, height,
                                      supersample=2, return_depth=True)
             assert image.shape == (height, width, 3) and image.dtype == np.uint8
             assert depth.shape == (2 * height, 2 * width)
@@ -206,7 +208,7 @@ def test_parallax_between_frames_ten_apart():
     for index in range(10):
         scene, trajectory = _scene(index, frames=40)
         k, c2w = trajectory.intrinsics, trajectory.cam2world
-        t, _, dirs = ss.cast(scene, c2w[10], k, 32, 32)
+        t, _, dirs = rc.cast(scene, c2w[10], k, 32, 32)
         points = (c2w[10, :3, 3][:, None] + dirs.reshape(3, -1) * t.ravel()).T
         uv, z = _project(points, c2w[20], k, 32)
         far_uv, _ = _project(c2w[20, :3, 3] + (points - c2w[10, :3, 3]) * 1e6, c2w[20], k, 32)  # rotation only
@@ -223,10 +225,10 @@ def test_middle_target_is_not_the_nearest_context_image():
     psnrs = []
     for index in range(6):
         scene, trajectory = _scene(index, split="test")
-        views = ss.evaluation_views(0, index, 40)
+        views = sd.evaluation_views(0, index, 40)
         i, j = views["context"]
         m = views["target"][1]
-        render = lambda f: ss.render(scene, trajectory.cam2world[f], trajectory.intrinsics, 32, 32, 2) / 255.0  # noqa
+        render = lambda f: rc.render(scene, trajectory.cam2world[f], trajectory.intrinsics, 32, 32, 2) / 255.0  # noqa
         nearest = i if m - i <= j - m else j
         mse = np.mean((render(m) - render(nearest)) ** 2)
         psnrs.append(10 * np.log10(1.0 / mse))
@@ -236,7 +238,7 @@ def test_middle_target_is_not_the_nearest_context_image():
 def test_images_have_fine_detail():
     """High-frequency textures: neighbouring pixels differ a lot somewhere in most frames."""
     scene, trajectory = _scene(5)
-    image = ss.render(scene, trajectory.cam2world[0], trajectory.intrinsics, 64, 64, 3).astype(np.float64)
+    image = rc.render(scene, trajectory.cam2world[0], trajectory.intrinsics, 64, 64, 3).astype(np.float64)
     jumps = np.abs(np.diff(image.mean(axis=2), axis=1))
     assert (jumps > 40).mean() > 0.02
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 200  # several colours, shading, anti-aliasing
@@ -252,7 +254,7 @@ def test_rich_detail_adds_pixel_scale_speckle_to_the_same_rooms():
     gains = []
     for index in range(4):
         standard, path = _scene(index)
-        rich, rich_path = ss.sample_scene(ss.scene_rng(0, "train", index), 40, 64, 64, "rich")
+        rich, rich_path = ss.sample_scene(sd.scene_rng(0, "train", index), 40, 64, 64, "rich")
         assert not standard.speckle.any() and (rich.speckle[:, 1] > 0).all()
         lo, hi = ss.SPECKLE_FREQ
         assert ((rich.speckle[:, 0] >= lo) & (rich.speckle[:, 0] <= hi)).all()
@@ -260,47 +262,47 @@ def test_rich_detail_adds_pixel_scale_speckle_to_the_same_rooms():
             np.testing.assert_array_equal(getattr(standard, field), getattr(rich, field))
         np.testing.assert_array_equal(path.cam2world, rich_path.cam2world)
         frame = path.cam2world[len(path.cam2world) // 2]
-        plain = ss.render(standard, frame, path.intrinsics, 64, 64, 3)
-        speckled = ss.render(rich, frame, path.intrinsics, 64, 64, 3)
+        plain = rc.render(standard, frame, path.intrinsics, 64, 64, 3)
+        speckled = rc.render(rich, frame, path.intrinsics, 64, 64, 3)
         gains.append(_high_frequency(speckled) / _high_frequency(plain))
         assert np.abs(speckled.astype(int) - plain.astype(int)).mean() < 20  # the same room, only detail added
     assert min(gains) > 1.05 and np.mean(gains) > 1.15, gains  # about 1.1-1.5 here: already textured rooms
     with pytest.raises(ss.SceneError, match="--detail"):
-        ss.sample_scene(ss.scene_rng(0, "train", 0), 40, 64, 64, "extreme")
+        ss.sample_scene(sd.scene_rng(0, "train", 0), 40, 64, 64, "extreme")
 
 
 def test_supersampling_antialiases():
     scene, trajectory = _scene(2)
-    sharp = ss.render(scene, trajectory.cam2world[0], trajectory.intrinsics, 32, 32, 1).astype(np.float64)
-    smooth = ss.render(scene, trajectory.cam2world[0], trajectory.intrinsics, 32, 32, 4).astype(np.float64)
-    reference = ss.render(scene, trajectory.cam2world[0], trajectory.intrinsics, 32, 32, 6).astype(np.float64)
+    sharp = rc.render(scene, trajectory.cam2world[0], trajectory.intrinsics, 32, 32, 1).astype(np.float64)
+    smooth = rc.render(scene, trajectory.cam2world[0], trajectory.intrinsics, 32, 32, 4).astype(np.float64)
+    reference = rc.render(scene, trajectory.cam2world[0], trajectory.intrinsics, 32, 32, 6).astype(np.float64)
     assert np.abs(smooth - reference).mean() < np.abs(sharp - reference).mean()
 
 
 def test_render_scene_job_is_deterministic_and_keyed():
     job = (3, "test", 7, 6, 24, 16, 2, "png", 95)
-    first, second = ss.render_scene_job(job), ss.render_scene_job(job)
+    first, second = sd.render_scene_job(job), sd.render_scene_job(job)
     assert first["images"] == second["images"]
     np.testing.assert_array_equal(first["cam2world"], second["cam2world"])
-    assert re.fullmatch(r"[0-9a-f]{16}", first["key"]) and first["key"] == ss.scene_key(3, "test", 7)
-    other = ss.render_scene_job((3, "train", 7, 6, 24, 16, 2, "png", 95))
+    assert re.fullmatch(r"[0-9a-f]{16}", first["key"]) and first["key"] == sd.scene_key(3, "test", 7)
+    other = sd.render_scene_job((3, "train", 7, 6, 24, 16, 2, "png", 95))
     assert other["key"] != first["key"] and other["images"] != first["images"]
     assert Image.open(__import__("io").BytesIO(first["images"][0])).size == (24, 16)
-    jpeg = ss.render_scene_job((3, "test", 7, 6, 24, 16, 2, "jpeg", 90))
+    jpeg = sd.render_scene_job((3, "test", 7, 6, 24, 16, 2, "jpeg", 90))
     assert jpeg["images"][0][:2] == b"\xff\xd8"
 
 
 def test_evaluation_views():
     for index in range(30):
-        views = ss.evaluation_views(0, index, 40)
+        views = sd.evaluation_views(0, index, 40)
         i, j = views["context"]
-        assert ss.CONTEXT_GAP[0] <= j - i <= ss.CONTEXT_GAP[1] and 0 <= i and j < 40
+        assert sd.CONTEXT_GAP[0] <= j - i <= sd.CONTEXT_GAP[1] and 0 <= i and j < 40
         assert len(set(views["target"])) == 3 and all(i < t < j for t in views["target"])
-    assert ss.evaluation_views(0, 3, 40) == ss.evaluation_views(0, 3, 40)
-    short = ss.evaluation_views(0, 1, 6)
+    assert sd.evaluation_views(0, 3, 40) == sd.evaluation_views(0, 3, 40)
+    short = sd.evaluation_views(0, 1, 6)
     assert short["context"] == [0, 5] and all(0 < t < 5 for t in short["target"])
     with pytest.raises(ss.SceneError, match="at least 5 frames"):
-        ss.evaluation_views(0, 0, 4)
+        sd.evaluation_views(0, 0, 4)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -353,15 +355,15 @@ def test_scenes_cli_round_trip(tmp_path):
     assert info["detail"] == "standard"
     assert info["frames"] == 12 and info["scenes"] == {"train": 3, "test": 2}
     train, test = read_index(str(dest), "train"), read_index(str(dest), "test")
-    assert list(train) == [ss.scene_key(5, "train", i) for i in range(3)]
+    assert list(train) == [sd.scene_key(5, "train", i) for i in range(3)]
     evaluation = json.loads((dest / "evaluation_index.json").read_text())
     assert list(evaluation) == list(test)
     for key, views in evaluation.items():
-        assert views == ss.evaluation_views(5, list(test).index(key), 12)
+        assert views == sd.evaluation_views(5, list(test).index(key), 12)
     store = ChunkStore(str(dest), "train")
     for index, key in enumerate(store.keys()):
         example = store.get(key)
-        expected = ss.render_scene_job((5, "train", index, 12, 24, 16, 2, "png", 95))
+        expected = sd.render_scene_job((5, "train", index, 12, 24, 16, 2, "png", 95))
         assert example["timestamps"].tolist() == list(range(12))
         extrinsics, intrinsics = parse_cameras(example["cameras"])
         np.testing.assert_allclose(extrinsics.numpy(), expected["cam2world"], atol=2e-6)
@@ -373,11 +375,11 @@ def test_scenes_cli_round_trip(tmp_path):
 def test_scenes_cli_rich_detail(tmp_path):
     ok("scenes", "--dest", tmp_path / "rich", *SMALL, "--detail", "rich")
     assert json.loads((tmp_path / "rich" / "scenes.json").read_text())["detail"] == "rich"
-    key = ss.scene_key(5, "train", 0)
+    key = sd.scene_key(5, "train", 0)
     example = ChunkStore(str(tmp_path / "rich"), "train").get(key)
-    expected = ss.render_scene_job((5, "train", 0, 12, 24, 16, 2, "png", 95, "rich"))
+    expected = sd.render_scene_job((5, "train", 0, 12, 24, 16, 2, "png", 95, "rich"))
     assert [bytes(image.numpy()) for image in example["images"]] == expected["images"]
-    assert expected["images"] != ss.render_scene_job((5, "train", 0, 12, 24, 16, 2, "png", 95))["images"]
+    assert expected["images"] != sd.render_scene_job((5, "train", 0, 12, 24, 16, 2, "png", 95))["images"]
 
 
 def test_scenes_cli_is_deterministic_with_workers(tmp_path):
@@ -406,13 +408,13 @@ def test_scenes_cli_overwrite_and_bad_options(tmp_path):
 
 
 def test_scenes_cli_failure_leaves_nothing(tmp_path, monkeypatch):
-    real = ss.render_scene_job
+    real = sd.render_scene_job
 
     def flaky(job):
         if job[2] == 1:
             raise ss.SceneError("frames: simulated failure")
         return real(job)
 
-    monkeypatch.setattr(ss, "render_scene_job", flaky)
+    monkeypatch.setattr(sd, "render_scene_job", flaky)
     fails(tmp_path, "simulated failure", "scenes", "--dest", tmp_path / "scenes", "--train-scenes", 3,
           "--test-scenes", 0, "--frames", 5, "--resolution", 8, "--supersample", 1, "--workers", 1)
