@@ -59,7 +59,8 @@ def _scene_batch(size: int, num_context: int, num_target: int, batch: int, seed:
         scene, path = ss.sample_scene(rng, 40, size, size)
         frames = [14, 26] + ([20] if num_context == 3 else [])
         frames = frames[:num_context] + list(np.linspace(15, 25, num_target).round().astype(int))
-        images = [scene_raycast.render(scene, path.cam2world[f], path.intrinsics, size, size, supersample=1) for f in frames]
+        images = [scene_raycast.render(scene, path.cam2world[f], path.intrinsics, size, size, supersample=1)
+                  for f in frames]
         scenes.append((np.stack(images), path.cam2world[frames], np.repeat(path.intrinsics[None], len(frames), 0)))
 
     def views(part: slice) -> dict:

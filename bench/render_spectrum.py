@@ -100,8 +100,8 @@ def measure(network: str, data: str, limit: int | None) -> dict:
                     sums[key] = [s + v for s, v in zip(sums[key], value)]
     quantiles = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     footprint = {n: torch.cat(v).double().quantile(quantiles).tolist() for n, v in footprints.items()}
-    return {"names": names, "sums": sums, "scenes": count, "footprint_px_q10_50_90": footprint, "image_shape": list(image_shape),
-            "target_shape": list(target_shape)}
+    return {"names": names, "sums": sums, "scenes": count, "footprint_px_q10_50_90": footprint,
+            "image_shape": list(image_shape), "target_shape": list(target_shape)}
 
 
 @click.command()

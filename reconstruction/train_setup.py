@@ -47,7 +47,8 @@ def densify_generator(seed: int, rank: int, step: int, round_index: int) -> torc
 
 def build_optimizer(encoder, densifier, options: ReconTrainOptions) -> torch.optim.Adam:
     """Adam over the encoder's parameters and, with densification, the densifier's as a second parameter group,
-    so a fresh densifier fine-tuned on a trained encoder can take its own peak learning rate (--densify-lr)."""
+    so a fresh densifier fine-tuned on a trained encoder can take its own peak learning rate (--densify-lr) and
+    Adam epsilon (--densify-eps: its gradients are far smaller than the encoder's)."""
     groups = [{"params": [p for p in encoder.parameters() if p.requires_grad], "lr": options.optim.lr}]
     if densifier is not None:
         groups.append({"params": [p for p in densifier.parameters() if p.requires_grad], "lr": peak_lrs(options)[1],
@@ -66,5 +67,6 @@ def build_schedule(optimizer: torch.optim.Optimizer, options: ReconTrainOptions)
     peak per parameter group (build_optimizer)."""
     o = options.optim
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=peak_lrs(options)[:len(optimizer.param_groups)], total_steps=options.steps + o.extra_schedule_steps, pct_start=o.pct_start,
-        anneal_strategy="cos", cycle_momentum=False, div_factor=o.div_factor, final_div_factor=o.final_div_factor)
+        optimizer, max_lr=peak_lrs(options)[:len(optimizer.param_groups)],
+        total_steps=options.steps + o.extra_schedule_steps, pct_start=o.pct_start, anneal_strategy="cos",
+        cycle_momentum=False, div_factor=o.div_factor, final_div_factor=o.final_div_factor)

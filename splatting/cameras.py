@@ -174,9 +174,10 @@ class Cameras:
 
         Clean (default): world_to_cam is the exact rigid inverse of the label's cam2world and K is the label's
         normalized intrinsics with row 0 times width and row 1 times height.
-        compat=True reproduces the official GSGAN renderer (docs/official-release.md): the label intrinsics are ignored and
-        replaced by a centred pinhole with tan(half FoV) = `tan_half` on both axes (default COMPAT_TAN_HALF_FOV,
-        the official 12.96 "degrees" read as radians), and world_to_cam's t_x has the wrong sign.
+        compat=True reproduces the official GSGAN renderer (docs/official-release.md): the label intrinsics are
+        ignored and replaced by a centred pinhole with tan(half FoV) = `tan_half` on both axes (default
+        COMPAT_TAN_HALF_FOV, the official 12.96 "degrees" read as radians), and world_to_cam's t_x has the wrong
+        sign.
         validate=False skips the checks of the label values (finite, rigid, pinhole) and of the resulting cameras,
         each a device-to-host read; the shape and size checks stay (see Cameras).
         """
