@@ -507,6 +507,70 @@ def test_sigterm_leaves_no_temp_file_and_no_ffmpeg(snapshot, tmp_path):
         assert not os.path.exists(f"/proc/{pid}"), "ffmpeg outlived gen_videos"
 
 
+def _raise_keyboard_interrupt(name):
+    raise KeyboardInterrupt(name)
+
+
+def test_sigterm_while_ffmpeg_starts_still_stops_it(tmp_path, monkeypatch):
+    """The SIGTERM lands the moment Popen has a child (where it waits for the exec): without the deferral the
+    KeyboardInterrupt left Popen before the writer knew the child, and that ffmpeg ran on."""
+    import signal
+    import subprocess
+
+    from torch_utils.run_control import install_stop_handlers, restore_handlers
+
+    import training.mp4_writer
+
+    exe = training.mp4_writer.ffmpeg_executable()  # looked up now: imageio-ffmpeg runs `ffmpeg -version` for it
+    monkeypatch.setattr(training.mp4_writer, "ffmpeg_executable", lambda: exe)
+    started, real_popen = [], subprocess.Popen
+
+    def popen_then_sigterm(*args, **kwargs):
+        process = real_popen(*args, **kwargs)
+        started.append(process)
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs at the next bytecode, still inside "Popen"
+        return process
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_sigterm)
+    previous = install_stop_handlers(_raise_keyboard_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            with vu.AtomicMp4Writer(str(tmp_path / "v.mp4")) as writer:
+                writer.append(np.zeros((16, 16, 3), np.uint8))
+    finally:
+        restore_handlers(previous)
+        for process in started:
+            leaked = process.poll() is None
+            process.kill()
+            process.wait()
+    assert len(started) == 1 and not leaked, "ffmpeg outlived the interrupted writer"
+    assert os.listdir(tmp_path) == []
+
+
+def test_stop_signal_during_temp_file_creation_leaves_no_file(tmp_path, monkeypatch):
+    import signal
+    import tempfile
+
+    from torch_utils.run_control import install_stop_handlers, restore_handlers
+
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp_then_sigint(*args, **kwargs):
+        result = real_mkstemp(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_sigint)
+    previous = install_stop_handlers(_raise_keyboard_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            with vu.AtomicMp4Writer(str(tmp_path / "v.mp4")):
+                pytest.fail("the block ran although the writer was interrupted")
+    finally:
+        restore_handlers(previous)
+    assert os.listdir(tmp_path) == []
+
+
 def test_ply_sh_degree_pads_zero_coefficients(G, snapshot, tmp_path):
     from plyfile import PlyData
 

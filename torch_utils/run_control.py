@@ -82,6 +82,25 @@ def restore_handlers(previous: dict) -> None:
         signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def stop_signals_deferred():
+    """SIGINT / SIGTERM arriving inside the block take effect (through the handlers installed before) only when
+    it ends. For steps that must not be cut in half by the exception a handler raises: a child process started
+    but not yet recorded (e.g. a SIGTERM while Popen waits for exec) would be left running, a temp file created
+    but not yet named would be left behind. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        restore_handlers(previous)
+        if pending:
+            signal.raise_signal(pending[0])  # the restored handler runs now, with the block's work recorded
+
+
 def run_rank(make_trainer: Callable, rank: int, world: int, device_name: str, init_method: str | None = None,
              local_rank: int = 0, on_cuda: Callable | None = None):
     """Body of one training process: its device (on_cuda() runs after selecting a CUDA device, e.g. TF32 flags;

@@ -4,7 +4,9 @@ when ffmpeg says it succeeded.
 Why not imageio-ffmpeg's writer: it never checks ffmpeg's exit status, so a rejected bitrate or a full disk gave
 a 0-byte "video" that then replaced a good one; and on SIGTERM its ffmpeg outlived Python and finished a hidden
 temp file. Here the exit status and the output size are checked, stderr is kept for the error message, and any
-exception (KeyboardInterrupt included) kills and reaps ffmpeg before the temp file is removed.
+exception (KeyboardInterrupt included) kills and reaps ffmpeg before the temp file is removed. Stop signals wait
+while ffmpeg starts and while the temp file is created, so that no interrupt falls between making either and
+recording it.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import tempfile
 from fractions import Fraction
 
 import numpy as np
+
+from torch_utils.run_control import stop_signals_deferred
 
 MIN_FPS, MAX_FPS = 0.1, 1000.0
 MIN_BITRATE, MAX_BITRATE = 1_000, 1_000_000_000  # bits/s; libx264 produces no packets below ~1 kbit/s
@@ -72,20 +76,29 @@ class AtomicMp4Writer:
 
     def __enter__(self) -> "AtomicMp4Writer":
         directory = os.path.dirname(os.path.abspath(self.path))
-        fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mp4", dir=directory)
-        os.close(fd)
+        try:
+            with stop_signals_deferred():  # an interrupt cannot fall between creating the temp file and naming it
+                fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mp4", dir=directory)
+                os.close(fd)
+        except BaseException:  # e.g. the deferred Ctrl+C: __exit__ will not run for a failed __enter__
+            self._remove_tmp()
+            raise
         return self
 
     def _start(self, width: int, height: int) -> None:
         fps = Fraction(self.fps).limit_denominator(1001)
-        cmd = [ffmpeg_executable(), "-hide_banner", "-nostats", "-loglevel", "error", "-y",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-", "-an",
-               "-c:v", "libx264", "-pix_fmt", "yuv420p", "-b:v", self.bitrate, "-movflags", "+faststart",
-               "-f", "mp4", self._tmp]
         self._stderr = tempfile.TemporaryFile()
-        # Own session: a Ctrl+C in the terminal reaches only Python, which then stops ffmpeg itself.
-        self._process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                         stderr=self._stderr, start_new_session=True)
+        # Deferred stop signals: a SIGTERM while Popen waits for the exec would otherwise raise before
+        # self._process names the child, and nothing would kill it; the first ffmpeg_executable() runs
+        # `ffmpeg -version`, which an interrupted subprocess.call kills but leaves unreaped.
+        with stop_signals_deferred():
+            cmd = [ffmpeg_executable(), "-hide_banner", "-nostats", "-loglevel", "error", "-y",
+                   "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
+                   "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-b:v", self.bitrate, "-movflags", "+faststart",
+                   "-f", "mp4", self._tmp]
+            # Own session: a Ctrl+C in the terminal reaches only Python, which then stops ffmpeg itself.
+            self._process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                             stderr=self._stderr, start_new_session=True)
         self._size = (width, height)
 
     def _failure(self, what: str) -> VideoError:
@@ -148,6 +161,9 @@ class AtomicMp4Writer:
             self._kill()
             if self._stderr is not None:
                 self._stderr.close()
-            if self._tmp is not None and os.path.exists(self._tmp):
-                os.remove(self._tmp)
+            self._remove_tmp()
         return False
+
+    def _remove_tmp(self) -> None:
+        if self._tmp is not None and os.path.exists(self._tmp):
+            os.remove(self._tmp)
