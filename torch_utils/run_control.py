@@ -1,6 +1,7 @@
 """Process-level plumbing both training loops (GAN and reconstruction) share: the device of a rank, DataLoader
 workers that leave stop signals to the main process (and are stopped for sure when training ends), SIGINT /
-SIGTERM handlers that ask for a clean stop, and the exit status that tells a finished run from an interrupted one."""
+SIGTERM handlers that ask for a clean stop (or wait for the end of a step that must not be cut in half), and the exit
+status that tells a finished run from an interrupted one."""
 from __future__ import annotations
 
 import contextlib
