@@ -93,7 +93,9 @@ def stop_signals_deferred():
         yield
         return
     pending: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in STOP_SIGNALS}
+    # A handler installed outside Python (getsignal() is None) could not be put back: that signal is left alone.
+    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in STOP_SIGNALS
+                if signal.getsignal(sig) is not None}
     try:
         yield
     finally:
