@@ -79,8 +79,11 @@ def atomic_output(dest: str):
     created = make_output_dir(folder)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dest)}.", suffix=".tmp")
-        os.close(fd)
+        from torch_utils.run_control import stop_signals_deferred
+
+        with stop_signals_deferred():  # a Ctrl+C cannot fall between creating the temp file and naming it
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dest)}.", suffix=".tmp")
+            os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the result the usual permissions

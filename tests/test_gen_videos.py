@@ -507,10 +507,6 @@ def test_sigterm_leaves_no_temp_file_and_no_ffmpeg(snapshot, tmp_path):
         assert not os.path.exists(f"/proc/{pid}"), "ffmpeg outlived gen_videos"
 
 
-def _raise_keyboard_interrupt(name):
-    raise KeyboardInterrupt(name)
-
-
 def test_sigterm_while_ffmpeg_starts_still_stops_it(tmp_path, monkeypatch):
     """The SIGTERM lands the moment Popen has a child (where it waits for the exec): without the deferral the
     KeyboardInterrupt left Popen before the writer knew the child, and that ffmpeg ran on."""
@@ -532,7 +528,7 @@ def test_sigterm_while_ffmpeg_starts_still_stops_it(tmp_path, monkeypatch):
         return process
 
     monkeypatch.setattr(subprocess, "Popen", popen_then_sigterm)
-    previous = install_stop_handlers(_raise_keyboard_interrupt)
+    previous = install_stop_handlers(gen_videos._raise_interrupt)
     try:
         with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
             with vu.AtomicMp4Writer(str(tmp_path / "v.mp4")) as writer:
@@ -561,7 +557,7 @@ def test_stop_signal_during_temp_file_creation_leaves_no_file(tmp_path, monkeypa
         return result
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_sigint)
-    previous = install_stop_handlers(_raise_keyboard_interrupt)
+    previous = install_stop_handlers(gen_videos._raise_interrupt)
     try:
         with pytest.raises(KeyboardInterrupt, match="SIGINT"):
             with vu.AtomicMp4Writer(str(tmp_path / "v.mp4")):
