@@ -47,6 +47,7 @@ from training.dataset import (LABELS_FILE, ArchiveReader, DatasetError, ImageFol
                               check_label, decode_rgb, is_power_of_two, label_summary, parse_labels_json)
 from training import synthetic_scenes
 from training.output_paths import OutputPathError, check_output_file, make_output_dir, remove_empty
+from torch_utils.run_control import stop_signals_deferred, stop_signals_interrupt
 
 # Largest image datasets the GAN commands make (refused up front: beyond them a typo, not an intent, is likely).
 MAX_RESOLUTION = 4096   # pixels per side (the official datasets stop at 512)
@@ -79,8 +80,6 @@ def atomic_output(dest: str):
     created = make_output_dir(folder)
     tmp = None
     try:
-        from torch_utils.run_control import stop_signals_deferred
-
         with stop_signals_deferred():  # a Ctrl+C cannot fall between creating the temp file and naming it
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dest)}.", suffix=".tmp")
             os.close(fd)
@@ -243,22 +242,6 @@ def _start_pool(workers: int):
         signal.signal(signal.SIGINT, previous)
 
 
-def _raise_interrupt(signal_name: str) -> None:
-    raise KeyboardInterrupt(signal_name)  # SIGTERM unwinds like Ctrl+C: no hidden .tmp file is left
-
-
-@contextlib.contextmanager
-def _interruptible():
-    """SIGINT and SIGTERM raise KeyboardInterrupt in the main process while the block runs."""
-    from torch_utils.run_control import install_stop_handlers, restore_handlers
-
-    previous = install_stop_handlers(_raise_interrupt)
-    try:
-        yield
-    finally:
-        restore_handlers(previous)
-
-
 @click.group(cls=_Group, help=__doc__)
 def cli():
     pass
@@ -299,7 +282,7 @@ def convert(source, dest, resolution, cameras, overwrite):
     skipped = len(set(archive.image_names()) - {name for name, _ in entries})
     if skipped:
         click.echo(f"note: {skipped} image(s) in the source have no camera and are skipped")
-    with _interruptible():
+    with stop_signals_interrupt():
         write_dataset_zip(dest, _convert_items(archive, entries, resolution), len(entries), desc="converting")
     click.echo(f"wrote {dest}: {len(entries)} images at {resolution}x{resolution}")
 
@@ -346,7 +329,7 @@ def synth(poses, count, resolution, seed, num_scenes, supersample, family, backg
                                                            ("background", background, "black")) if value != default})
     extra = {"synthetic": {**record, "scene_ids": scene_ids.tolist()}}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_interruptible())
+        stack.enter_context(stop_signals_interrupt())
         if workers > 1:
             pool = stack.enter_context(_start_pool(workers))
             images = pool.imap(synthetic_scenes.render_synth_image, jobs, chunksize=16)
@@ -458,7 +441,7 @@ def contact_sheet(source, dest, count, start, overwrite):
         image = dataset[idx][0].transpose(1, 2, 0).repeat(zoom, axis=0).repeat(zoom, axis=1)
         r, c = divmod(k, cols)
         sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = image
-    with _interruptible(), atomic_output(dest) as tmp:
+    with stop_signals_interrupt(), atomic_output(dest) as tmp:
         Image.fromarray(sheet).save(tmp, format="PNG")
     click.echo(f"wrote {dest}: {len(indices)} images ({rows}x{cols})")
 

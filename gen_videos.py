@@ -88,10 +88,6 @@ def _checked(check):
     return callback
 
 
-def _raise_interrupt(signal_name: str) -> None:
-    raise KeyboardInterrupt(signal_name)  # unwinds like Ctrl+C: temp files removed, ffmpeg killed and reaped
-
-
 def _device(name: str):
     """--device, resolved as by every CLI (run_control.resolve_device), as a usage error when CUDA is missing."""
     from torch_utils import run_control
@@ -179,15 +175,12 @@ def videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_
            trajectory, image_mode, nrr, device, backend, dtype, video, ply, ply_frame, ply_sh_degree, images, dry_run,
            **gs_flags):
     """Orbit video of a grid of seeds (default command), plus a .ply per seed and optional still images."""
-    from torch_utils.run_control import install_stop_handlers, restore_handlers
+    from torch_utils.run_control import stop_signals_interrupt
 
-    previous = install_stop_handlers(_raise_interrupt)  # SIGTERM cleans up like Ctrl+C
-    try:
+    with stop_signals_interrupt():  # a SIGTERM removes temp files and kills ffmpeg like Ctrl+C
         _videos(network, seeds, grid, truncation_psi, truncation_cutoff, outdir, num_frames, fps, bitrate,
                 camera_preset, trajectory, image_mode, nrr, device, backend, dtype, video, ply, ply_frame,
                 ply_sh_degree, images, dry_run, gs_flags)
-    finally:
-        restore_handlers(previous)
 
 
 def _load_generator(network: str, device):

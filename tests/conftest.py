@@ -101,6 +101,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def sigint_after_mkstemp(monkeypatch):
+    """tempfile.mkstemp sends this process a SIGINT right after it has created the file: the window in which an
+    interrupted writer could leave a temp file behind that it has not recorded yet."""
+    import signal
+    import tempfile
+
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp_then_sigint(*args, **kwargs):
+        result = real_mkstemp(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_sigint)
+
+
 def read_only_dir(tmp_path) -> str:
     """A folder this process cannot write into (as root, chmod does not stop writes: use a kernel folder); skips
     the calling test where there is none."""

@@ -546,26 +546,11 @@ def test_ray_caster_nearest_hit_against_ray_marching():
     assert np.all(np.abs(first[hit] - t[hit]) <= step + 1e-9)
 
 
-def test_stop_signal_while_the_temp_file_is_made_leaves_nothing(tmp_path, monkeypatch):
+def test_stop_signal_while_the_temp_file_is_made_leaves_nothing(tmp_path, sigint_after_mkstemp):
     """A SIGINT right after mkstemp: deferred until the temp file is named, so it is removed with the folder."""
-    import signal
-    import tempfile
+    from torch_utils.run_control import stop_signals_interrupt
 
-    from torch_utils.run_control import install_stop_handlers, restore_handlers
-
-    real_mkstemp = tempfile.mkstemp
-
-    def mkstemp_then_sigint(*args, **kwargs):
-        result = real_mkstemp(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_sigint)
-    previous = install_stop_handlers(dataset_tool._raise_interrupt)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            with dataset_tool.atomic_output(str(tmp_path / "new" / "data.zip")):
-                pytest.fail("the block ran although the output was interrupted")
-    finally:
-        restore_handlers(previous)
+    with pytest.raises(KeyboardInterrupt), stop_signals_interrupt():
+        with dataset_tool.atomic_output(str(tmp_path / "new" / "data.zip")):
+            pytest.fail("the block ran although the output was interrupted")
     assert os.listdir(tmp_path) == []

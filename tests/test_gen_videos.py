@@ -513,7 +513,7 @@ def test_sigterm_while_ffmpeg_starts_still_stops_it(tmp_path, monkeypatch):
     import signal
     import subprocess
 
-    from torch_utils.run_control import install_stop_handlers, restore_handlers
+    from torch_utils.run_control import stop_signals_interrupt
 
     import training.mp4_writer
 
@@ -528,13 +528,11 @@ def test_sigterm_while_ffmpeg_starts_still_stops_it(tmp_path, monkeypatch):
         return process
 
     monkeypatch.setattr(subprocess, "Popen", popen_then_sigterm)
-    previous = install_stop_handlers(gen_videos._raise_interrupt)
     try:
-        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"), stop_signals_interrupt():
             with vu.AtomicMp4Writer(str(tmp_path / "v.mp4")) as writer:
                 writer.append(np.zeros((16, 16, 3), np.uint8))
     finally:
-        restore_handlers(previous)
         for process in started:
             leaked = process.poll() is None
             process.kill()
@@ -543,27 +541,12 @@ def test_sigterm_while_ffmpeg_starts_still_stops_it(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_stop_signal_during_temp_file_creation_leaves_no_file(tmp_path, monkeypatch):
-    import signal
-    import tempfile
+def test_stop_signal_during_temp_file_creation_leaves_no_file(tmp_path, sigint_after_mkstemp):
+    from torch_utils.run_control import stop_signals_interrupt
 
-    from torch_utils.run_control import install_stop_handlers, restore_handlers
-
-    real_mkstemp = tempfile.mkstemp
-
-    def mkstemp_then_sigint(*args, **kwargs):
-        result = real_mkstemp(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_sigint)
-    previous = install_stop_handlers(gen_videos._raise_interrupt)
-    try:
-        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
-            with vu.AtomicMp4Writer(str(tmp_path / "v.mp4")):
-                pytest.fail("the block ran although the writer was interrupted")
-    finally:
-        restore_handlers(previous)
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"), stop_signals_interrupt():
+        with vu.AtomicMp4Writer(str(tmp_path / "v.mp4")):
+            pytest.fail("the block ran although the writer was interrupted")
     assert os.listdir(tmp_path) == []
 
 

@@ -1,15 +1,17 @@
 """Process-level plumbing both training loops (GAN and reconstruction) share: the device of a rank, DataLoader
 workers that leave stop signals to the main process (and are stopped for sure when training ends), SIGINT /
 SIGTERM handlers that ask for a clean stop (or wait for the end of a step that must not be cut in half), and the exit
-status that tells a finished run from an interrupted one."""
+status that tells a finished run from an interrupted one. Torch is imported only where a function needs it, so
+that torch-free command-line tools (dataset_tool) can use the signal helpers and still start fast."""
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Exit status of a training CLI per run status: 0 finished (also a reconstruction run that reached its time
@@ -32,6 +34,8 @@ class DeviceUnavailable(RuntimeError):
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """'cuda', 'cpu' or 'auto' (CUDA when available) -> the device of local rank `local_rank`."""
+    import torch
+
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise DeviceUnavailable("--device cuda: no CUDA device is available")
@@ -83,6 +87,21 @@ def restore_handlers(previous: dict) -> None:
         signal.signal(sig, old)
 
 
+def _raise_interrupt(signal_name: str) -> None:
+    raise KeyboardInterrupt(signal_name)
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt():
+    """SIGINT and SIGTERM raise KeyboardInterrupt(signal name) while the block runs, so a SIGTERM unwinds like
+    Ctrl+C: `finally` blocks remove temp files and kill child processes instead of the process dying mid-write."""
+    previous = install_stop_handlers(_raise_interrupt)
+    try:
+        yield
+    finally:
+        restore_handlers(previous)
+
+
 @contextlib.contextmanager
 def stop_signals_deferred():
     """SIGINT / SIGTERM arriving inside the block take effect (through the handlers installed before) only when
@@ -110,6 +129,8 @@ def run_rank(make_trainer: Callable, rank: int, world: int, device_name: str, in
     on the CPU the cores are shared among the processes), the process group, then trainer = make_trainer(device):
     setup(), run() and close(). Returns run()'s result."""
     import os
+
+    import torch
 
     from torch_utils import distributed
 
