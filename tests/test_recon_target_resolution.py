@@ -247,3 +247,21 @@ def test_densify_miniature_passes_the_target_resolution_to_both_runs_and_the_tes
         with reconstruct.train.make_context("train", args) as ctx:
             options = reconstruct.build_train_options(ctx.params)
         assert options.data.target_shape == (32, 48) and options.data.image_shape == (64, 64)
+
+
+def test_densify_miniature_averages_the_margins_over_seeds_and_refuses_a_bad_seed_list(monkeypatch):
+    from click.testing import CliRunner
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import densify_miniature as bench  # bench/densify_miniature.py
+
+    runs = [{"fine_minus_a_db": 0.29, "fine_minus_coarse_db": 0.36},
+            {"fine_minus_a_db": 0.15, "fine_minus_coarse_db": 0.32}]
+    margins = bench.summarize_margins(runs)
+    assert margins["fine_minus_a_db_mean"] == pytest.approx(0.22)
+    assert (margins["fine_minus_a_db_min"], margins["fine_minus_a_db_max"]) == (0.15, 0.29)
+    assert margins["fine_minus_coarse_db_mean"] == pytest.approx(0.34)
+    seeds = next(p for p in bench.main.params if p.name == "seeds")
+    assert seeds.type.convert("0-2,5", seeds, None) == [0, 1, 2, 5]
+    result = CliRunner().invoke(bench.main, ["--base", "b.pt", "--data", "d", "--seeds", "two"])
+    assert result.exit_code == 2 and "--seeds" in result.output and "Traceback" not in result.output
