@@ -137,6 +137,8 @@ def _summary(output: str) -> dict:
               help="Train and score both runs on target views of this size, H or HxW [the contexts' size].")
 def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_eps, calibration_steps, parallel,
          threads, seeds, target_resolution):
+    if len(set(seeds)) != len(seeds):
+        raise click.BadParameter(f"each seed once, got {','.join(map(str, seeds))}", param_hint="--seeds")
     outdir = os.path.abspath(outdir or tempfile.mkdtemp(prefix="densify-miniature-"))
     os.makedirs(outdir, exist_ok=True)
     data, base = os.path.abspath(data), os.path.abspath(base)
@@ -144,8 +146,8 @@ def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_e
     threads = threads or (1 if parallel else max(1, os.cpu_count() or 1))
 
     def args_of(seed: int, run_dir: str, densify: bool, steps: int) -> list[str]:
-        return train_args(base, data, run_dir, steps, densify, k_num, densify_args, seed,
-                          *((densify_lr, target_resolution, densify_eps) if densify else (None, target_resolution)))
+        return train_args(base, data, run_dir, steps, densify, k_num, densify_args, seed, densify_lr=densify_lr,
+                          target_resolution=target_resolution, densify_eps=densify_eps)
 
     click.echo("calibrating: training steps of (a) and (b) in turn ...")
     cal = calibrate(args_of(seeds[0], outdir, False, steps_a), args_of(seeds[0], outdir, True, steps_a),
@@ -232,6 +234,7 @@ def summarize_margins(runs: list[dict]) -> dict:
         values = [run[key] for run in runs]
         out.update({f"{key}_mean": statistics.fmean(values), f"{key}_min": min(values), f"{key}_max": max(values)})
     return out
+
 
 if __name__ == "__main__":
     main()

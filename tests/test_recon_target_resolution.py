@@ -265,3 +265,5 @@ def test_densify_miniature_averages_the_margins_over_seeds_and_refuses_a_bad_see
     assert seeds.type.convert("0-2,5", seeds, None) == [0, 1, 2, 5]
     result = CliRunner().invoke(bench.main, ["--base", "b.pt", "--data", "d", "--seeds", "two"])
     assert result.exit_code == 2 and "--seeds" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(bench.main, ["--base", "b.pt", "--data", "d", "--seeds", "0,0"])
+    assert result.exit_code == 2 and "each seed once" in result.output and "Traceback" not in result.output
