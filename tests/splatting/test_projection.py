@@ -136,6 +136,22 @@ def test_sh_colour_view_dependence():
     assert torch.isfinite(zero_dir).all()
 
 
+def test_sh_colour_broadcasts_over_views_and_matches_the_explicit_sum():
+    # The render path passes coefficients [B, 1, N, K, 3] with directions [B, I, N, 3] (one set per camera).
+    gen = torch.Generator().manual_seed(0)
+    for degree in (1, 2, 3):
+        k = (degree + 1) ** 2
+        sh = torch.randn(2, 1, 5, k, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+        dirs = torch.randn(2, 3, 5, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+        colour = sh_to_color(sh, dirs)
+        assert colour.shape == (2, 3, 5, 3)
+        unit = dirs / dirs.norm(dim=-1, keepdim=True)
+        basis = sh_basis(degree, unit)
+        explicit = sum(basis[..., j, None] * sh[..., j, :] for j in range(k)) + 0.5
+        torch.testing.assert_close(colour, explicit.clamp_min(0), atol=1e-12, rtol=0)
+        assert torch.autograd.gradcheck(lambda c, d: sh_to_color(c, d), (sh, dirs))
+
+
 def test_batched_equals_single_images():
     b, c = 2, 3
     gaussians = mixed_scene(b, 10, sh_degree=2, seed=3)
