@@ -1,7 +1,8 @@
 """Generative densification in miniature: does the densifier beat more training of the base, at equal wall time?
 
     python bench/densify_miniature.py --base RUN/network-snapshot-000989.pt --data datasets/scenes64 \
-        [--steps-a 1000] [--k-num 1024] [--densify-arg KEY=VALUE ...] [--target-resolution 128] [--seeds 0-2]
+        [--steps-a 1000] [--k-num 1024] [--densify-arg KEY=VALUE ...] [--target-resolution 128] [--seeds 0-2] \
+        [--batch-a 4] [--batch-b 2]
 
 The protocol, on the built-in scenes' test split (scenes never seen in training):
   1. calibrate: a trainer of the base alone and one of base + densifier (the very `reconstruct.py train`
@@ -47,10 +48,13 @@ RECONSTRUCT = os.path.join(REPO_ROOT, "reconstruct.py")
 
 def train_args(base: str, data: str, outdir: str, steps: int, densify: bool, k_num: int | None,
                densify_args: tuple, seed: int, densify_lr: float | None = None,
-               target_resolution: tuple[int, int] | None = None, densify_eps: float | None = None) -> list[str]:
-    """`reconstruct.py train` arguments of run (a) (densify=False) or (b)."""
+               target_resolution: tuple[int, int] | None = None, densify_eps: float | None = None,
+               batch: int | None = None) -> list[str]:
+    """`reconstruct.py train` arguments of run (a) (densify=False) or (b); batch: scenes per step [the preset's]."""
     args = ["--experiment=scenes", f"--data={data}", f"--outdir={outdir}", f"--steps={steps}", "--gap-warmup=0",
             f"--seed={seed}", "--snapshot-ticks=0", *target_args(target_resolution)]
+    if batch is not None:
+        args.append(f"--batch={batch}")
     if not densify:
         return args + [f"--init={base}", "--desc=a-base"]
     args += ["--densify", f"--resume={base}", "--desc=b-densify"]
@@ -127,6 +131,9 @@ def _summary(output: str) -> dict:
               help="Peak learning rate of (b)'s fresh densifier [the encoder's].")
 @click.option("--densify-eps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Adam epsilon of (b)'s densifier [reconstruct.py train's default].")
+@click.option("--batch-a", type=click.IntRange(min=1), default=None, help="Scenes per step of run (a) [preset: 4].")
+@click.option("--batch-b", type=click.IntRange(min=1), default=None,
+              help="Scenes per step of run (b) [preset: 4]; its steps still take (a)'s wall time.")
 @click.option("--calibration-steps", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option("--parallel/--sequential", default=True, show_default=True, help="Run (a) and (b) side by side.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -135,8 +142,8 @@ def _summary(output: str) -> dict:
               help="e.g. 0-2: one (a)/(b) pair per seed, one after the other, and the mean margin.")
 @click.option("--target-resolution", type=ShapeType(), default=None,
               help="Train and score both runs on target views of this size, H or HxW [the contexts' size].")
-def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_eps, calibration_steps, parallel,
-         threads, seeds, target_resolution):
+def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_eps, batch_a, batch_b,
+         calibration_steps, parallel, threads, seeds, target_resolution):
     if len(set(seeds)) != len(seeds):
         raise click.BadParameter(f"each seed once, got {','.join(map(str, seeds))}", param_hint="--seeds")
     outdir = os.path.abspath(outdir or tempfile.mkdtemp(prefix="densify-miniature-"))
@@ -147,7 +154,8 @@ def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_e
 
     def args_of(seed: int, run_dir: str, densify: bool, steps: int) -> list[str]:
         return train_args(base, data, run_dir, steps, densify, k_num, densify_args, seed, densify_lr=densify_lr,
-                          target_resolution=target_resolution, densify_eps=densify_eps)
+                          target_resolution=target_resolution, densify_eps=densify_eps,
+                          batch=batch_b if densify else batch_a)
 
     click.echo("calibrating: training steps of (a) and (b) in turn ...")
     cal = calibrate(args_of(seeds[0], outdir, False, steps_a), args_of(seeds[0], outdir, True, steps_a),
@@ -165,7 +173,7 @@ def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_e
                               run_dir, data, parallel, threads, target_resolution)
         runs.append({"seed": seed, "a": a, "b": b, "wall_seconds_both_runs": wall,
                      "fine_minus_a_db": b["psnr"] - a["psnr"], "fine_minus_coarse_db": b["psnr"] - b["coarse_psnr"]})
-        print_pair(base, seed, steps_a, steps_b, a, b)
+        print_pair(base, seed, steps_a, steps_b, a, b, batch_a, batch_b)
     margins = summarize_margins(runs)
     if len(runs) > 1:
         click.echo(f"\nover {len(runs)} seeds: (b) fine - (a) mean {margins['fine_minus_a_db_mean']:+.2f} dB "
@@ -173,7 +181,7 @@ def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_e
                    f"(b) fine - coarse mean {margins['fine_minus_coarse_db_mean']:+.2f} dB")
     payload = {"kind": "densify-miniature", "git_commit": git_commit(), "base": base, "data": data,
                "k_num": k_num, "densify_args": list(densify_args), "densify_lr": densify_lr,
-               "densify_eps": densify_eps, "calibration": cal,
+               "densify_eps": densify_eps, "batch_a": batch_a, "batch_b": batch_b, "calibration": cal,
                "target_resolution": None if target_resolution is None else list(target_resolution),
                "steps_a": steps_a, "steps_b": steps_b, "parallel": parallel, "threads": threads, "seeds": seeds,
                "load_average_before": load_before, "load_average_after": os.getloadavg(), "runs": runs, **margins}
@@ -211,13 +219,15 @@ def run_pair(args_a: list[str], args_b: list[str], run_dir: str, data: str, para
     return results["a"], results["b"], wall
 
 
-def print_pair(base: str, seed: int, steps_a: int, steps_b: int, a: dict, b: dict) -> None:
+def print_pair(base: str, seed: int, steps_a: int, steps_b: int, a: dict, b: dict, batch_a: int | None = None,
+               batch_b: int | None = None) -> None:
     rows = [("(a) base alone", a["psnr"], a["ssim"], a["lpips"], a["gaussians_per_scene"], a["seconds_per_scene"]),
             ("(b) fine", b["psnr"], b["ssim"], b["lpips"], b["gaussians_per_scene"], b["seconds_per_scene"]),
             ("(b) coarse", b["coarse_psnr"], b["coarse_ssim"], b["coarse_lpips"], b["coarse_gaussians_per_scene"],
              None)]
-    click.echo(f"\nbase {base}, seed {seed}\n(a) {steps_a} steps, (b) {steps_b} steps; test split, "
-               f"{a['num_scenes']} scenes; contexts {a.get('image_shape')}, targets {a.get('target_shape')}")
+    scenes = {name: "" if n is None else f" of {n} scenes" for name, n in (("a", batch_a), ("b", batch_b))}
+    click.echo(f"\nbase {base}, seed {seed}\n(a) {steps_a} steps{scenes['a']}, (b) {steps_b} steps{scenes['b']}; "
+               f"test split, {a['num_scenes']} scenes; contexts {a.get('image_shape')}, targets {a.get('target_shape')}")
     click.echo(f"{'':16}{'PSNR':>8}{'SSIM':>8}{'LPIPS':>8}{'Gaussians':>11}{'s/scene':>9}")
     for label, psnr, ssim, lpips, count, seconds in rows:
         sec = f"{seconds:9.3f}" if seconds is not None else f"{'':9}"

@@ -249,6 +249,18 @@ def test_densify_miniature_passes_the_target_resolution_to_both_runs_and_the_tes
         assert options.data.target_shape == (32, 48) and options.data.image_shape == (64, 64)
 
 
+def test_densify_miniature_gives_each_run_its_own_batch(monkeypatch):
+    import reconstruct
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import densify_miniature as bench  # bench/densify_miniature.py
+
+    for batch, expected in ((None, 4), (2, 2)):
+        args = bench.train_args("base.pt", "data", "out", 5, True, None, (), 0, batch=batch)
+        with reconstruct.train.make_context("train", args) as ctx:
+            assert reconstruct.build_train_options(ctx.params).batch_gpu == expected
+
+
 def test_densify_miniature_averages_the_margins_over_seeds_and_refuses_a_bad_seed_list(monkeypatch):
     from click.testing import CliRunner
 
