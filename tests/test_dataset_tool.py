@@ -3,44 +3,19 @@ import dataclasses
 import io
 import json
 import os
-import re
 import zipfile
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 import dataset_tool
 from tests.conftest import read_only_dir
+from tests.dataset_tool_cli import fails, ok, run
 from splatting.cameras import eg3d_label, look_at
 from training import synthetic_scenes as ss
 from training.dataset import ImageFolderDataset
-
-
-def run(*args):
-    return CliRunner().invoke(dataset_tool.cli, [str(a) for a in args])
-
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def fails(tmp_path, dest, match, *args):
-    """The command exits non-zero with a one-line message and writes nothing into tmp_path/out."""
-    before = sorted(os.listdir(os.path.dirname(dest)))
-    result = run(*args)
-    assert result.exit_code != 0
-    assert isinstance(result.exception, SystemExit), result.exception  # a ClickException, not a traceback
-    assert "Traceback" not in result.output
-    lines = [line for line in re.split(r"[\r\n]", result.output) if line.strip()]  # progress bars use \r
-    assert lines[-1].startswith("Error: ") and match in lines[-1], result.output
-    assert sum(line.startswith("Error") for line in lines) == 1, result.output
-    assert sorted(os.listdir(os.path.dirname(dest))) == before  # no partial or temp file
-    return result.output
 
 
 def read_zip(path):
@@ -217,7 +192,7 @@ def test_info_and_contact_sheet(ffhq16, tmp_path):
     ok("contact-sheet", "--source", ffhq16, "--dest", sheet, "--count", 16)
     image = Image.open(sheet)
     assert image.size == (4 * 128, 4 * 128) and image.mode == "RGB"
-    fails(tmp_path, str(sheet), "already exists", "contact-sheet", "--source", ffhq16, "--dest", sheet)
+    fails(os.path.dirname(sheet), "already exists", "contact-sheet", "--source", ffhq16, "--dest", sheet)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -281,7 +256,7 @@ def test_convert_from_eg3d_zip_and_overwrite(ffhq16, tmp_path):
     mean_big = big[3][0].reshape(3, -1).mean(1)
     np.testing.assert_allclose(mean_small, mean_big, atol=6)  # same picture, smaller
     stamp = os.path.getmtime(dest)
-    fails(tmp_path, str(dest), "already exists (pass --overwrite", "convert", "--source", ffhq16, "--dest", dest,
+    fails(os.path.dirname(dest), "already exists (pass --overwrite", "convert", "--source", ffhq16, "--dest", dest,
           "--resolution", 8)
     assert os.path.getmtime(dest) == stamp
     ok("convert", "--source", ffhq16, "--dest", dest, "--resolution", 16, "--overwrite")
@@ -325,7 +300,7 @@ def test_convert_bad_source(tmp_path, case):
     src = _source(tmp_path, doc)
     out = tmp_path / "out"
     out.mkdir()
-    fails(tmp_path, str(out / "d.zip"), message, "convert", "--source", src, "--dest", out / "d.zip",
+    fails(out, message, "convert", "--source", src, "--dest", out / "d.zip",
           "--resolution", 16)
 
 
@@ -337,7 +312,7 @@ def test_convert_image_not_rgb(tmp_path, mode):
     out = tmp_path / "out"
     out.mkdir()
     # y.png fails after x.png was already written to the temporary zip: that must be cleaned up.
-    fails(tmp_path, str(out / "d.zip"), f"y.png: expected an RGB image, got mode {mode}", "convert", "--source", src,
+    fails(out, f"y.png: expected an RGB image, got mode {mode}", "convert", "--source", src,
           "--dest", out / "d.zip", "--resolution", 16)
 
 
@@ -355,7 +330,7 @@ def test_convert_bad_camera_file(tmp_path):
     ]
     for doc, message in cases:
         cams.write_text(json.dumps(doc))
-        fails(tmp_path, str(out / "d.zip"), message, "convert", "--source", src, "--cameras", cams,
+        fails(out, message, "convert", "--source", src, "--cameras", cams,
               "--dest", out / "d.zip", "--resolution", 16)
 
 
@@ -364,15 +339,15 @@ def test_bad_zip_and_options(tmp_path):
     out.mkdir()
     corrupt = tmp_path / "corrupt.zip"
     corrupt.write_bytes(b"PK\x03\x04 definitely not a zip")
-    fails(tmp_path, str(out / "d.zip"), "not a readable zip file", "convert", "--source", corrupt,
+    fails(out, "not a readable zip file", "convert", "--source", corrupt,
           "--dest", out / "d.zip", "--resolution", 16)
-    fails(tmp_path, str(out / "d.zip"), "not a readable zip file", "info", "--source", corrupt)
-    fails(tmp_path, str(out / "d.zip"), "no such folder", "info", "--source", tmp_path / "nothing")
+    fails(out, "not a readable zip file", "info", "--source", corrupt)
+    fails(out, "no such folder", "info", "--source", tmp_path / "nothing")
     result = run("synth", "--count", 4, "--resolution", 24, "--dest", out / "d.zip")
     assert result.exit_code != 0 and "power of two" in result.output and not os.listdir(out)
-    fails(tmp_path, str(out / "d.zip"), "--dest: expected a .zip path", "synth", "--count", 4, "--dest", out / "d.tar")
+    fails(out, "--dest: expected a .zip path", "synth", "--count", 4, "--dest", out / "d.tar")
     (out / "exists.zip").write_bytes(b"keep me")
-    fails(tmp_path, str(out / "exists.zip"), "already exists", "synth", "--count", 4, "--dest", out / "exists.zip")
+    fails(out, "already exists", "synth", "--count", 4, "--dest", out / "exists.zip")
     assert (out / "exists.zip").read_bytes() == b"keep me"
 
 
@@ -394,11 +369,11 @@ def test_dest_that_cannot_be_written_is_refused_before_any_work(tmp_path):
     out.mkdir()
     (out / "file").write_text("x")
     synth = ["synth", "--count", 4, "--resolution", 8, "--dest"]
-    fails(tmp_path, str(out / "d.zip"), "--dest: " + str(out / "file") + " is a file, not a folder", *synth,
+    fails(out, "--dest: " + str(out / "file") + " is a file, not a folder", *synth,
           out / "file" / "d.zip")
-    fails(tmp_path, str(out / "d.zip"), "does not exist, so the '..' after it", *synth,
+    fails(out, "does not exist, so the '..' after it", *synth,
           out / "missing" / ".." / "d.zip")
-    fails(tmp_path, str(out / "d.zip"), "does not exist, so the '..' after it", "contact-sheet", "--source", out,
+    fails(out, "does not exist, so the '..' after it", "contact-sheet", "--source", out,
           "--dest", out / "missing" / ".." / "s.png")
     read_only = read_only_dir(tmp_path)
     result = run(*synth, os.path.join(read_only, "sub", "d.zip"))
@@ -427,11 +402,11 @@ def test_disk_full_while_writing_keeps_the_old_zip_and_no_temp_file(tmp_path, mo
             raise OSError(errno.ENOSPC, "No space left on device")
         original(zf, name, data)
     monkeypatch.setattr(dataset_tool, "_zip_write", full_after_two)
-    fails(tmp_path, str(dest), f"{dest}: cannot write (No space left on device); nothing was left behind",
+    fails(os.path.dirname(dest), f"{dest}: cannot write (No space left on device); nothing was left behind",
           "synth", "--count", 4, "--resolution", 8, "--dest", dest, "--overwrite")
     assert dest.read_bytes() == b"the previous dataset"
     # The same when the folder was created for this run: it goes too.
-    fails(tmp_path, str(dest), "No space left on device", "synth", "--count", 4, "--resolution", 8,
+    fails(os.path.dirname(dest), "No space left on device", "synth", "--count", 4, "--resolution", 8,
           "--dest", out / "new" / "d.zip")
     assert not (out / "new").exists()
 
@@ -476,7 +451,7 @@ def test_info_reports_bad_image(tmp_path):
     buf = io.BytesIO()
     Image.new("L", (16, 16)).save(buf, format="PNG")
     (src / "y.png").write_bytes(buf.getvalue())
-    fails(tmp_path, str(src / "dataset.json"), "y.png: expected an RGB image, got mode L", "info", "--source", src)
+    fails(src, "y.png: expected an RGB image, got mode L", "info", "--source", src)
 
 
 # ----------------------------------------------------------------------------------------------------------

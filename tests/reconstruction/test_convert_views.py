@@ -1,54 +1,25 @@
 """`dataset_tool.py convert-views` and reconstruction.convert_views: transforms.json (OpenGL) and COLMAP text
 models -> one chunk example whose cameras project known 3D points where the source convention does; every bad
 input gives one line and writes nothing; the Middlebury Motorcycle fixture round-trips exactly."""
+import functools
 import io
 import json
 import os
-import re
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-import dataset_tool
 from reconstruction import convert_views as cv
 from reconstruction.chunks import ChunkStore, parse_cameras, write_chunks
 from splatting.cameras import look_at
+from tests import dataset_tool_cli as cli
+from tests.dataset_tool_cli import ok
+
+fails = functools.partial(cli.fails, only_line=True)
 
 POINTS = np.array([[0.1, 0.2, 0.0], [-0.3, 0.1, 0.4], [0.25, -0.2, -0.3]])
-
-
-def run(*args):
-    return CliRunner().invoke(dataset_tool.cli, [str(a) for a in args])
-
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def fails(folder, match, *args):
-    """Non-zero exit, one 'Error:' line containing `match`, nothing new or changed in `folder`."""
-    before = _snapshot(folder)
-    result = run(*args)
-    assert result.exit_code != 0
-    assert isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in re.split(r"[\r\n]", result.output) if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and match in lines[0], result.output
-    assert _snapshot(folder) == before
-    return lines[0]
-
-
-def _snapshot(folder):
-    out = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            path = os.path.join(root, name)
-            out[os.path.relpath(path, folder)] = open(path, "rb").read() if os.path.isfile(path) else None
-    return out
 
 
 def _png(width, height, seed=0, fmt="PNG"):

@@ -3,7 +3,6 @@
 The ray caster is checked against dense ray marching of exact signed distances, the camera basis against
 splatting.cameras.look_at, the depth/clearance guarantees and the parallax the reconstruction model needs on
 sampled scenes, and the CLI end to end through the chunk reader."""
-import hashlib
 import json
 import os
 import re
@@ -11,15 +10,14 @@ import re
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-import dataset_tool
 from reconstruction import scene_dataset as sd
 from reconstruction import scene_raycast as rc
 from reconstruction import synthetic_scenes as ss
 from reconstruction.chunks import ChunkStore, decode_image, parse_cameras, read_index
 from splatting.cameras import look_at
+from tests.dataset_tool_cli import fails, folder_state, ok
 
 
 def _scene(index, frames=40, width=64, height=64, split="train", seed=0):
@@ -309,39 +307,6 @@ def test_evaluation_views():
 # dataset_tool.py scenes
 
 
-def run(*args):
-    return CliRunner().invoke(dataset_tool.cli, [str(a) for a in args])
-
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def fails(folder, match, *args):
-    """Non-zero exit, one 'Error:' line containing `match`, and nothing new in `folder`."""
-    before = sorted(os.listdir(folder))
-    result = run(*args)
-    assert result.exit_code != 0
-    assert isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in re.split(r"[\r\n]", result.output) if line.strip()]
-    assert lines[-1].startswith("Error: ") and match in lines[-1], result.output
-    assert sum(line.startswith("Error") for line in lines) == 1, result.output
-    assert sorted(os.listdir(folder)) == before
-    return result.output
-
-
-def _digest(folder):
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as handle:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
-    return out
-
-
 SMALL = ("--train-scenes", 3, "--test-scenes", 2, "--frames", 12, "--width", 24, "--height", 16,
          "--supersample", 2, "--seed", 5)
 
@@ -385,18 +350,18 @@ def test_scenes_cli_rich_detail(tmp_path):
 def test_scenes_cli_is_deterministic_with_workers(tmp_path):
     ok("scenes", "--dest", tmp_path / "a", *SMALL, "--workers", 1)
     ok("scenes", "--dest", tmp_path / "b", *SMALL, "--workers", 2)
-    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert folder_state(tmp_path / "a") == folder_state(tmp_path / "b")
 
 
 def test_scenes_cli_overwrite_and_bad_options(tmp_path):
     dest = tmp_path / "scenes"
     args = ("--train-scenes", 1, "--test-scenes", 1, "--frames", 6, "--resolution", 8, "--supersample", 1)
     ok("scenes", "--dest", dest, *args)
-    first = _digest(dest)
+    first = folder_state(dest)
     fails(tmp_path, "already exists", "scenes", "--dest", dest, *args, "--seed", 1)
-    assert _digest(dest) == first
+    assert folder_state(dest) == first
     ok("scenes", "--dest", dest, *args, "--seed", 1, "--overwrite")
-    assert _digest(dest) != first
+    assert folder_state(dest) != first
     assert sorted(os.listdir(tmp_path)) == ["scenes"]  # no temporary or old folder left behind
     (tmp_path / "file").write_text("x")
     fails(tmp_path, "is a file", "scenes", "--dest", tmp_path / "file", *args)
