@@ -428,6 +428,9 @@ def read_recon_snapshot_dict(path: str) -> dict:
     data.setdefault("densifier", None)
     if data["densifier"] is not None and not isinstance(data["densifier"], dict):
         raise SnapshotError(f"{path}: densifier must be a module record or None")
+    kwargs = data["densifier"].get("init_kwargs") if data["densifier"] is not None else None
+    if isinstance(kwargs, dict) and "opacity_split" not in kwargs:
+        kwargs["opacity_split"] = "centre"  # densifiers saved before the choice existed split this way
     return data
 
 

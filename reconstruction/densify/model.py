@@ -83,7 +83,7 @@ class GaussianDensifier(nn.Module):
                  detail_heads: int = 16, channels=(320, 256, 128), num_heads=(40, 32, 16), depths=(2, 2, 2),
                  upscale=(2, 2, 2), non_leaf_ratios=(0.5, 0.8, 1.0), grid_size: float = 0.01, patch_size: int = 48,
                  mlp_ratio: float = 4.0, drop_path: float = 0.3, n_frequencies: int = 15,
-                 offset_scale: float = 0.1, orders=ORDERS):
+                 offset_scale: float = 0.1, orders=ORDERS, opacity_split: str = "coverage"):
         self_kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in locals().items()
                        if k not in ("self", "__class__")}
         super().__init__()
@@ -99,7 +99,8 @@ class GaussianDensifier(nn.Module):
         self.ratios, self.upscale = tuple(float(r) for r in non_leaf_ratios), tuple(int(u) for u in upscale)
         self.detail = DetailCrossAttention(feature_dim, detail_dim, detail_heads)
         self.decoder = PointDecoder(channels, num_heads, depths, upscale, non_leaf_ratios, grid_size, patch_size,
-                                    mlp_ratio, drop_path, n_frequencies, offset_scale, orders, raw_dim(sh_degree))
+                                    mlp_ratio, drop_path, n_frequencies, offset_scale, orders, raw_dim(sh_degree),
+                                    opacity_split)
 
     def counts(self, num_views: int, height: int, width: int) -> dict:
         """densified_counts for this module's k_num, ratios and up-sampling factors."""

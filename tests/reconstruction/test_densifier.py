@@ -116,16 +116,65 @@ def test_forward_counts_layout_and_children_start_as_parent_copies(encoder, dens
             assert float((fine[:, None] - parents[None]).abs().amax(-1).min(dim=1).values.max()) == 0.0
 
 
-def test_split_opacity_lets_through_what_the_parent_did():
+def test_split_children_cover_the_alpha_of_their_parent():
+    """Stacked at one place, the children of a split cover as much alpha over the image plane as the parent:
+    integral of 1 - (1 - x G)^r against a times the integral of G, G a 2D Gaussian profile (radial quadrature)."""
+    rho = torch.linspace(0, 12, 24001, dtype=torch.float64)
+    profile = torch.exp(-0.5 * rho ** 2)
+
+    def plane_integral(values):  # values [..., len(rho)] of a radial function -> its integral over the plane
+        return torch.trapezoid(values * 2 * math.pi * rho, rho, dim=-1)
+
     logits = torch.linspace(-8, 8, 33, dtype=torch.float64)
+    parent = torch.sigmoid(logits)
     for parts in (2, 3, 4):
         child = torch.sigmoid(split_opacity_logit(logits, parts))
+        stacked = plane_integral(1 - (1 - child[:, None] * profile) ** parts)
+        torch.testing.assert_close(stacked, parent * plane_integral(profile), rtol=1e-6, atol=0)
+        assert bool((child < parent).all()) and bool((child * parts > parent).all())
+    torch.testing.assert_close(split_opacity_logit(logits, 1), logits, rtol=0, atol=0)
+
+
+def test_split_opacity_gradient():
+    logits = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: split_opacity_logit(z, 2), (logits,))
+    assert torch.autograd.gradcheck(lambda z: split_opacity_logit(z, 3), (logits,))
+    extreme = split_opacity_logit(torch.tensor([-200.0, 0.0, 60.0]), 2)  # float32 in, finite out
+    assert extreme.dtype == torch.float32 and bool(torch.isfinite(extreme).all())
+
+
+def test_centre_split_lets_through_what_the_parent_did():
+    logits = torch.linspace(-8, 8, 33, dtype=torch.float64)
+    for parts in (2, 3, 4):
+        child = torch.sigmoid(split_opacity_logit(logits, parts, "centre"))
         torch.testing.assert_close((1 - child) ** parts, 1 - torch.sigmoid(logits), rtol=1e-9, atol=1e-12)
+    with pytest.raises(DensifyError, match="opacity_split: expected one of coverage, centre"):
+        split_opacity_logit(logits, 2, "median")
+    with pytest.raises(DensifyError, match="opacity_split"):
+        small_densifier(opacity_split="median")
+
+
+def test_densifier_saved_before_the_split_choice_loads_with_the_centre_rule(encoder, tmp_path):
+    from torch_utils import checkpoint
+
+    path = str(tmp_path / "network-snapshot-000001.pt")
+    old = small_densifier()
+    checkpoint.save_recon_snapshot(path, encoder, old, optimizer={}, scheduler={}, progress={"step": 1},
+                                   rng={"ranks": []}, options={"steps": 1})
+    assert checkpoint.load_recon_snapshot(path)["densifier"].init_kwargs["opacity_split"] == "coverage"
+    data = torch.load(path, weights_only=True)
+    del data["densifier"]["init_kwargs"]["opacity_split"]  # what an older version wrote
+    checkpoint.atomic_torch_save(data, path)  # with a fresh checksum
+    loaded = checkpoint.load_recon_snapshot(path)["densifier"]
+    assert loaded.init_kwargs["opacity_split"] == "centre"
+    assert {stage.opacity_split for stage in loaded.decoder.stages} == {"centre"}
 
 
 def test_fresh_densifier_renders_like_the_coarse_gaussians(encoder, densifier):
     """A tree of opacity-split copies of a parent covers what the parent covered: before any training the fine
-    render is close to the coarse one (not brighter or more opaque), so fine-tuning starts from the base."""
+    render is close to the coarse one (not brighter or more opaque), so fine-tuning starts from the base. Measured
+    here: mean |alpha difference| 2.1e-5, mean |colour difference| 0.0093 (0.0158 when the split matched the
+    parent's opacity at the centre instead of its integrated alpha)."""
     context = make_views(1, 2, seed=3)
     coarse = encode(encoder, context)
     densifier.eval()
@@ -133,8 +182,8 @@ def test_fresh_densifier_renders_like_the_coarse_gaussians(encoder, densifier):
         fine = densifier(context, coarse).gaussians
         cams = to_cameras(context)
         a, b = render(coarse.gaussians, cams), render(fine, cams)
-    assert float((a.alpha - b.alpha).abs().mean()) < 0.02
-    assert float((a.color - b.color).abs().mean()) < 0.02
+    assert float((a.alpha - b.alpha).abs().mean()) < 1e-4
+    assert float((a.color - b.color).abs().mean()) < 0.012
 
 
 def test_children_stay_inside_their_parents_box(encoder, densifier):
