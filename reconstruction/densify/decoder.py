@@ -57,6 +57,13 @@ def raw_attributes(gaussians: Gaussians) -> Tensor:
 
 OPACITY_INDEX = 7  # position of the opacity logit in the raw attributes
 SPLIT_RULES = ("coverage", "centre")  # how a parent's opacity is shared among its children: split_opacity_logit
+_NEWTON_STEPS = 6  # measured: 4 steps from a / parts reach the root to 2e-15 relative, for any opacity, parts <= 8
+
+
+def check_split_rule(rule) -> str:
+    if rule not in SPLIT_RULES:
+        raise DensifyError(f"opacity_split: expected one of {', '.join(SPLIT_RULES)}, got {rule!r}")
+    return rule
 
 
 def _split_coverage(x: Tensor, parts: int) -> tuple[Tensor, Tensor]:
@@ -80,8 +87,7 @@ def split_opacity_logit(logit: Tensor, parts: int, rule: str = "coverage") -> Te
     Coverage is solved by Newton's method from x = a / parts, in float64: f is concave and f(x) <= parts x, so
     the iterates rise monotonically to the root. The last step runs under autograd with x detached, which gives
     the implicit function's gradient dx/da = 1 / f'(x)."""
-    if rule not in SPLIT_RULES:
-        raise DensifyError(f"opacity_split: expected one of {', '.join(SPLIT_RULES)}, got {rule!r}")
+    check_split_rule(rule)
     if parts == 1:
         return logit
     if rule == "centre":  # in log space: log(1 - a) = logsigmoid(-logit)
@@ -95,9 +101,6 @@ def split_opacity_logit(logit: Tensor, parts: int, rule: str = "coverage") -> Te
             x = x + (a - f) / df
     f, df = _split_coverage(x, parts)
     return torch.logit(x + (a - f) / df).to(logit.dtype)
-
-
-_NEWTON_STEPS = 6  # measured: 4 steps from a / parts reach the root to 2e-15 relative, for any opacity, parts <= 8
 
 
 def split_raw(raw: Tensor, parts: int, rule: str = "coverage") -> Tensor:
@@ -251,8 +254,7 @@ class PointDecoder(nn.Module):
                  mlp_ratio: float = 4.0, drop_path: float = 0.3, n_frequencies: int = 15, offset_scale: float = 0.1,
                  orders=ORDERS, attribute_dim: int = raw_dim(3), opacity_split: str = "coverage"):
         super().__init__()
-        if opacity_split not in SPLIT_RULES:
-            raise DensifyError(f"opacity_split: expected one of {', '.join(SPLIT_RULES)}, got {opacity_split!r}")
+        check_split_rule(opacity_split)
         lengths = {len(channels), len(num_heads), len(depths), len(upscale), len(non_leaf_ratios)}
         if len(lengths) != 1 or not channels:
             raise DensifyError("channels, num_heads, depths, upscale and non_leaf_ratios: expected one entry per "
