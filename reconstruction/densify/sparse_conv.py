@@ -12,8 +12,10 @@ This is the rule spconv's CPU build follows for duplicates; without duplicates i
 
 Neighbour lookup hashes (cloud, x, y, z) into one int64 key, sorts the keys once and binary-searches the 13
 shifted keys, so no hash table, no CPU-only op and no loop over points. `neighbour_table` is computed once per
-stage and reused by every convolution on the same points; `forward` works one offset at a time, so memory stays
-O(N * C) rather than O(27 * N * C).
+stage and reused by every convolution on the same points. It lays the links out as one [26, L] block per side
+(tap t = NON_CENTRE[t], L its largest link count, shorter taps padded with a zero row), so `forward` is one
+index_select, one bmm and one index_add: per-op overhead, not arithmetic, sets the cost at the small preset,
+where a tap has only a few hundred links. Memory stays O(N * C + 26 * L * C), never O(27 * N * C).
 """
 from __future__ import annotations
 
@@ -35,13 +37,18 @@ def offset_of(k: int) -> tuple[int, int, int]:
     return k // 9 - 1, (k // 3) % 3 - 1, k % 3 - 1
 
 
+NON_CENTRE = tuple(k for k in range(27) if k != CENTRE)
+
+
 @dataclass(frozen=True)
 class NeighbourTable:
-    """Links of the duplicate-aware rule: for tap FORWARD_OFFSETS[j], point query[j][m] sees representative
-    rep[j][m] at offset k, and rep[j][m] sees query[j][m] at the mirrored tap 26 - k."""
+    """Links of the duplicate-aware rule, tap by tap: out[target[t, m]] += W[NON_CENTRE[t]] f[source[t, m]].
+    For a forward tap k the targets are query points and the sources the representatives they see; the mirrored
+    tap 26 - k holds the same pairs the other way round. Padding entries hold num_points on both sides (a zero
+    feature row in, a discarded output row out)."""
     num_points: int
-    query: tuple[Tensor, ...]
-    rep: tuple[Tensor, ...]
+    source: Tensor  # [26, L] int64
+    target: Tensor  # [26, L] int64
 
 
 def _check_coords(grid_coord: Tensor, batch: Tensor, where: str) -> None:
@@ -59,7 +66,7 @@ def neighbour_table(grid_coord: Tensor, batch: Tensor) -> NeighbourTable:
     _check_coords(grid_coord, batch, "neighbour_table")
     n, device = grid_coord.shape[0], grid_coord.device
     if n == 0:
-        empty = tuple(torch.zeros(0, dtype=torch.int64, device=device) for _ in FORWARD_OFFSETS)
+        empty = torch.zeros(len(NON_CENTRE), 0, dtype=torch.int64, device=device)
         return NeighbourTable(0, empty, empty)
     # Shift so every neighbour coordinate (-1 .. max + 1) is a non-negative field value: key + delta is then the
     # neighbour's key, with no carry or borrow between fields.
@@ -77,15 +84,27 @@ def neighbour_table(grid_coord: Tensor, batch: Tensor) -> NeighbourTable:
     first[1:] = sorted_key[1:] != sorted_key[:-1]
     voxel_key = sorted_key[first]
     voxel_rep = perm[first]  # stable sort: the first point of a run has the lowest index
-    queries, reps = [], []
+    links = {}  # tap -> (source, target)
     for k in FORWARD_OFFSETS:
         d0, d1, d2 = offset_of(k)
-        target = key + ((d0 << (2 * axis_bits)) + (d1 << axis_bits) + d2)
-        slot = torch.searchsorted(voxel_key, target).clamp_(max=voxel_key.numel() - 1)
-        query = torch.nonzero(voxel_key[slot] == target).flatten()
-        queries.append(query)
-        reps.append(voxel_rep[slot[query]])
-    return NeighbourTable(n, tuple(queries), tuple(reps))
+        wanted = key + ((d0 << (2 * axis_bits)) + (d1 << axis_bits) + d2)
+        slot = torch.searchsorted(voxel_key, wanted).clamp_(max=voxel_key.numel() - 1)
+        query = torch.nonzero(voxel_key[slot] == wanted).flatten()
+        rep = voxel_rep[slot[query]]
+        links[k] = (rep, query)
+        links[26 - k] = (query, rep)
+    counts = torch.tensor([links[k][0].numel() for k in NON_CENTRE], device=device)
+    width = int(counts.max())
+    # Slot of every link in the padded [26, width] block: its tap's row, then its rank within the tap.
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(int(counts.sum()), device=device) - torch.repeat_interleave(starts, counts)
+    slot = torch.repeat_interleave(torch.arange(len(NON_CENTRE), device=device) * width, counts) + rank
+    blocks = []
+    for side in (0, 1):
+        block = torch.full((len(NON_CENTRE) * width,), n, dtype=torch.int64, device=device)
+        block[slot] = torch.cat([links[k][side] for k in NON_CENTRE])
+        blocks.append(block.view(len(NON_CENTRE), width))
+    return NeighbourTable(n, *blocks)
 
 
 def _spconv_module():
@@ -144,14 +163,17 @@ class SubmanifoldConv3d(nn.Module):
             raise DensifyError("SubmanifoldConv3d: neighbours must be the neighbour_table of these "
                                f"{feats.shape[0]} points")
         taps = self.weight.reshape(self.out_ch, 27, self.in_ch)
-        out = feats @ taps[:, CENTRE].t()
-        for k, query, rep in zip(FORWARD_OFFSETS, neighbours.query, neighbours.rep):
-            if query.numel() == 0:
-                continue
-            # In place: `out` is a fresh matmul result that autograd does not save. index_select rather than
-            # fancy indexing: its backward is one index_add instead of an accumulating index_put.
-            out.index_add_(0, query, feats.index_select(0, rep) @ taps[:, k].t())
-            out.index_add_(0, rep, feats.index_select(0, query) @ taps[:, 26 - k].t())
+        if neighbours.source.shape[1] == 0:
+            out = feats @ taps[:, CENTRE].t()
+        else:
+            # Row N of `padded` is zero (the padding links read it) and row N of `out` collects what they write.
+            # index_select rather than fancy indexing: its backward is one index_add, not an accumulating
+            # index_put. In place: `out` is a fresh matmul result that autograd does not save.
+            padded = torch.cat([feats, feats.new_zeros(1, self.in_ch)])
+            out = padded @ taps[:, CENTRE].t()
+            gathered = padded.index_select(0, neighbours.source.flatten()).view(len(NON_CENTRE), -1, self.in_ch)
+            products = torch.bmm(gathered, taps[:, NON_CENTRE].permute(1, 2, 0))
+            out = out.index_add_(0, neighbours.target.flatten(), products.flatten(0, 1))[:-1]
         if self.bias is not None:
             out = out + self.bias
         return out
