@@ -29,15 +29,13 @@ from .segment import DensifyError, check_batch
 
 CENTRE = 13
 FORWARD_OFFSETS = tuple(range(CENTRE + 1, 27))  # the 13 taps k > 13; their mirrors are 26 - k
+NON_CENTRE = tuple(k for k in range(27) if k != CENTRE)  # the tap order of NeighbourTable's rows
 _KEY_BITS = 63
 
 
 def offset_of(k: int) -> tuple[int, int, int]:
     """Grid offset (d0, d1, d2) of flat kernel tap k."""
     return k // 9 - 1, (k // 3) % 3 - 1, k % 3 - 1
-
-
-NON_CENTRE = tuple(k for k in range(27) if k != CENTRE)
 
 
 @dataclass(frozen=True)
@@ -95,14 +93,14 @@ def neighbour_table(grid_coord: Tensor, batch: Tensor) -> NeighbourTable:
         links[26 - k] = (query, rep)
     counts = torch.tensor([links[k][0].numel() for k in NON_CENTRE], device=device)
     width = int(counts.max())
-    # Slot of every link in the padded [26, width] block: its tap's row, then its rank within the tap.
+    # Flat position of every link in the padded [26, width] block: its tap's row, then its rank within the tap.
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(int(counts.sum()), device=device) - torch.repeat_interleave(starts, counts)
-    slot = torch.repeat_interleave(torch.arange(len(NON_CENTRE), device=device) * width, counts) + rank
+    position = torch.repeat_interleave(torch.arange(len(NON_CENTRE), device=device) * width, counts) + rank
     blocks = []
     for side in (0, 1):
         block = torch.full((len(NON_CENTRE) * width,), n, dtype=torch.int64, device=device)
-        block[slot] = torch.cat([links[k][side] for k in NON_CENTRE])
+        block[position] = torch.cat([links[k][side] for k in NON_CENTRE])
         blocks.append(block.view(len(NON_CENTRE), width))
     return NeighbourTable(n, *blocks)
 
