@@ -13,10 +13,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from training.config import ConfigError, _Config
+from training.config import DEVICES, ConfigError, _Config, require_choice
 
 OPTIONS_VERSION = 1
-DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "reference", "cpu", "gsplat", "inria")
 
 
@@ -123,10 +122,8 @@ class ReconTrainOptions(_Config):
             raise ConfigError(f"ReconTrainOptions.version: expected {OPTIONS_VERSION}, got {self.version}")
         if self.experiment not in EXPERIMENTS:
             raise ConfigError(f"experiment: unknown name {self.experiment!r}; valid: {', '.join(EXPERIMENTS)}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"device: expected one of {DEVICES}, got {self.device!r}")
-        if self.model.backend not in BACKENDS:
-            raise ConfigError(f"model.backend: expected one of {BACKENDS}, got {self.model.backend!r}")
+        require_choice("device", self.device, DEVICES)
+        require_choice("model.backend", self.model.backend, BACKENDS)
 
     @property
     def examples_per_step(self) -> int:

@@ -32,6 +32,12 @@ class ConfigError(ValueError):
     """Bad option value or unknown key (one line naming the option)."""
 
 
+def require_choice(where: str, value, choices) -> None:
+    """The one-line error for an option whose value is not among its named choices."""
+    if value not in choices:
+        raise ConfigError(f"{where}: expected one of {tuple(choices)}, got {value!r}")
+
+
 def _check_value(value, hint, where: str):
     """Validate/convert one value against a (resolved) type hint; returns the converted value."""
     origin = typing.get_origin(hint)
@@ -233,18 +239,12 @@ class TrainConfig(_Config):
     def __post_init__(self):
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"TrainConfig.version: expected {CONFIG_VERSION}, got {self.version}")
-        if self.cfg not in CFG_NAMES:
-            raise ConfigError(f"TrainConfig.cfg: expected one of {CFG_NAMES}, got {self.cfg!r}")
-        if self.augment.mode not in AUGMENT_MODES:
-            raise ConfigError(f"TrainConfig.augment.mode: expected one of {AUGMENT_MODES}, got {self.augment.mode!r}")
-        if self.nonfinite not in NONFINITE_MODES:
-            raise ConfigError(f"TrainConfig.nonfinite: expected one of {NONFINITE_MODES}, got {self.nonfinite!r}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"TrainConfig.device: expected one of {DEVICES}, got {self.device!r}")
-        if self.G.arch not in GENERATOR_ARCHS:
-            raise ConfigError(f"TrainConfig.G.arch: expected one of {tuple(GENERATOR_ARCHS)}, got {self.G.arch!r}")
-        if self.G.backdrop not in BACKDROP_MODES:
-            raise ConfigError(f"TrainConfig.G.backdrop: expected one of {BACKDROP_MODES}, got {self.G.backdrop!r}")
+        require_choice("TrainConfig.cfg", self.cfg, CFG_NAMES)
+        require_choice("TrainConfig.augment.mode", self.augment.mode, AUGMENT_MODES)
+        require_choice("TrainConfig.nonfinite", self.nonfinite, NONFINITE_MODES)
+        require_choice("TrainConfig.device", self.device, DEVICES)
+        require_choice("TrainConfig.G.arch", self.G.arch, GENERATOR_ARCHS)
+        require_choice("TrainConfig.G.backdrop", self.G.backdrop, BACKDROP_MODES)
 
     def generator_kwargs(self) -> dict:
         """GSGenerator constructor arguments (needs data.resolution)."""
