@@ -16,7 +16,7 @@ from reconstruction.config import ConfigError, ReconTrainOptions, resolve_option
 from reconstruction.dataset import DatasetError, EvaluationSet, SceneStream
 from reconstruction.view_sampler import BoundedViewSampler, EvaluationIndex
 from tests.reconstruction.test_loop import make_dataset
-from tests.reconstruction.test_reconstruct_cli import TINY_TRAIN, error_line, invoke
+from tests.reconstruction.test_reconstruct_cli import TINY_TRAIN, error_line, invoke, train_run
 from torch_utils import checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -167,12 +167,7 @@ def test_grid_cells_take_the_larger_of_the_context_and_target_sizes(tmp_path, de
 # ---------------------------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def run_dir(data_root, tmp_path_factory):
-    outdir = tmp_path_factory.mktemp("target-res-runs")
-    result = invoke("train", "--outdir", outdir, "--data", data_root, "--steps", 2, *TINY_TRAIN,
-                    "--target-resolution", "32")
-    assert result.exit_code == 0, result.output
-    (name,) = os.listdir(outdir)
-    return os.path.join(outdir, name)
+    return train_run(tmp_path_factory.mktemp("target-res-runs"), data_root, 2, "--target-resolution", "32")
 
 
 def test_train_with_a_target_resolution_stores_it_and_writes_its_grid(run_dir):

@@ -12,7 +12,7 @@ from reconstruction import evaluate as E
 from reconstruction import loop, media, tick_outputs, train_setup
 from reconstruction.config import ReconTrainOptions, resolve_options
 from tests.reconstruction.test_loop import make_dataset, tiny_options
-from tests.reconstruction.test_reconstruct_cli import TINY_TRAIN, error_line, invoke
+from tests.reconstruction.test_reconstruct_cli import TINY_TRAIN, error_line, invoke, train_run
 from torch_utils import checkpoint
 
 # A densifier for the tiny encoder of test_loop (43-d features, SH degree 1): narrow, one block per stage.
@@ -34,11 +34,6 @@ def dense_options(data, outdir, **changes):
     return tiny_options(data, outdir, **values)
 
 
-def only_dir(parent) -> str:
-    (name,) = os.listdir(parent)
-    return os.path.join(parent, name)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("dense-data"))
@@ -47,19 +42,13 @@ def data_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base_run(data_root, tmp_path_factory):
     """A 2-step run without densification (the base of the fine-tunes)."""
-    outdir = tmp_path_factory.mktemp("base-runs")
-    result = invoke("train", "--outdir", outdir, "--data", data_root, "--steps", 2, *TINY_TRAIN)
-    assert result.exit_code == 0, result.output
-    return only_dir(outdir)
+    return train_run(tmp_path_factory.mktemp("base-runs"), data_root, 2)
 
 
 @pytest.fixture(scope="module")
 def dense_run(data_root, tmp_path_factory):
     """A 2-step run with densification from scratch."""
-    outdir = tmp_path_factory.mktemp("dense-runs")
-    result = invoke("train", "--outdir", outdir, "--data", data_root, "--steps", 2, *TINY_TRAIN, *DENSIFY_ARGS)
-    assert result.exit_code == 0, result.output
-    return only_dir(outdir)
+    return train_run(tmp_path_factory.mktemp("dense-runs"), data_root, 2, *DENSIFY_ARGS)
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -184,11 +173,7 @@ def test_fine_tune_from_a_base_run_starts_fresh_at_step_zero(data_root, base_run
         finally:
             trainer.close()
     # end to end: the fine-tune may span another --steps; its snapshots count from 0
-    out = tmp_path / "runs"
-    result = invoke("train", "--outdir", out, "--data", data_root, "--steps", 3, *TINY_TRAIN, *DENSIFY_ARGS,
-                    "--resume", base_run)
-    assert result.exit_code == 0, result.output
-    run = only_dir(out)
+    run = train_run(tmp_path / "runs", data_root, 3, *DENSIFY_ARGS, "--resume", base_run)
     final = checkpoint.read_recon_snapshot_dict(os.path.join(run, "network-snapshot-000003.pt"))
     assert final["progress"]["step"] == 3 and final["progress"]["examples_seen"] == [6]
     assert final["scheduler"]["total_steps"] == 13 and final["densifier"] is not None

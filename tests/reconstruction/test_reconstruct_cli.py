@@ -20,6 +20,15 @@ def invoke(*args):
     return CliRunner().invoke(reconstruct.cli, [str(a) for a in args], catch_exceptions=False)
 
 
+def train_run(outdir, data_root, steps: int, *args) -> str:
+    """The run directory of a successful `train` of `steps` steps on the tiny setup into an empty `outdir`."""
+    result = invoke("train", "--outdir", outdir, "--data", data_root, "--steps", steps, *TINY_TRAIN, *args)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("done: ")
+    (name,) = os.listdir(outdir)
+    return os.path.join(outdir, name)
+
+
 def error_line(result) -> str:
     """The single 'Error: ...' line of a failed command."""
     assert result.exit_code != 0, result.output
@@ -35,12 +44,7 @@ def data_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_dir(data_root, tmp_path_factory):
-    outdir = tmp_path_factory.mktemp("cli-runs")
-    result = invoke("train", "--outdir", outdir, "--data", data_root, "--steps", 3, *TINY_TRAIN)
-    assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1].startswith("done: ")
-    (name,) = os.listdir(outdir)
-    return os.path.join(outdir, name)
+    return train_run(tmp_path_factory.mktemp("cli-runs"), data_root, 3)
 
 
 # ---------------------------------------------------------------------------------------------- train
