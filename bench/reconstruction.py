@@ -162,10 +162,11 @@ def _measure(setup: str, device_name: str, threads: int, repeats: int, queue) ->
             optimizer.zero_grad(set_to_none=True)
             gt, cameras = batch["target"]["image"], to_cameras(batch["target"])
             out = encoder(batch["context"])
-            loss = loss_fn(render(out.gaussians, cameras).color, gt, step=0)["total"]
+            renders = {"coarse": render(out.gaussians, cameras).color}
             if densifier is not None:  # as reconstruction.loop: L(coarse) + L(fine)
                 dense = densifier(batch["context"], out, generator=generator)
-                loss = loss + loss_fn(render(dense.gaussians, cameras).color, gt, step=0)["total"]
+                renders["fine"] = render(dense.gaussians, cameras).color
+            loss = sum(terms["total"] for terms in loss_fn.terms(renders, gt, step=0).values())
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 0.5)
             optimizer.step()

@@ -195,7 +195,7 @@ class ReconTrainer(RankTrainer):
         generator = densify_generator(self.opts.seed, self.rank, self.step, round_index)
         _, coarse, dense, fine = self.densify_forward(batch, generator)
         gt = batch["target"]["image"]
-        terms = {"coarse": self.loss(coarse.color, gt, self.step), "fine": self.loss(fine.color, gt, self.step)}
+        terms = self.loss.terms({"coarse": coarse.color, "fine": fine.color}, gt, self.step)
         for part, values in terms.items():
             for name in ("mse", "lpips"):
                 if name in values:

@@ -28,15 +28,28 @@ class ReconstructionLoss(nn.Module):
         return self._lpips.to(device)
 
     def forward(self, render: Tensor, target: Tensor, step: int) -> dict[str, Tensor]:
-        if render.shape != target.shape or render.ndim != 5:
-            raise ValueError(f"ReconstructionLoss: expected equal [B, T, 3, H, W] shapes, got {list(render.shape)} "
-                             f"and {list(target.shape)}")
-        mse = (render - target).square().mean()
-        total = self.mse_weight * mse
-        out = {"mse": mse}
-        if self.lpips_weight > 0 and step >= self.lpips_after:
-            lpips = self.lpips_module(render.device)(render.flatten(0, 1), target.flatten(0, 1)).mean()
-            total = total + self.lpips_weight * lpips
-            out["lpips"] = lpips
-        out["total"] = total
+        return self.terms({"render": render}, target, step)["render"]
+
+    def terms(self, renders: dict[str, Tensor], target: Tensor, step: int) -> dict[str, dict[str, Tensor]]:
+        """The loss of each render of the same targets (e.g. {"coarse": ..., "fine": ...}), keyed as `renders`.
+        The targets' LPIPS features are computed once, without autograd, for all of them."""
+        reference = None
+        out = {}
+        for name, render in renders.items():
+            if render.shape != target.shape or render.ndim != 5:
+                raise ValueError(f"ReconstructionLoss: expected equal [B, T, 3, H, W] shapes, got "
+                                 f"{list(render.shape)} ({name}) and {list(target.shape)}")
+            mse = (render - target).square().mean()
+            total = self.mse_weight * mse
+            terms = {"mse": mse}
+            if self.lpips_weight > 0 and step >= self.lpips_after:
+                lpips_net = self.lpips_module(render.device)
+                if reference is None:
+                    lpips_net.check(render.flatten(0, 1), target.flatten(0, 1))
+                    reference = lpips_net.reference(target.flatten(0, 1))
+                lpips = lpips_net.distance(render.flatten(0, 1), reference).mean()
+                total = total + self.lpips_weight * lpips
+                terms["lpips"] = lpips
+            terms["total"] = total
+            out[name] = terms
         return out

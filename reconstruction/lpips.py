@@ -190,7 +190,8 @@ class LPIPS(nn.Module):
     channels, the squared difference is weighted per channel by the calibrated 1x1 linear head (no bias) and
     averaged over space, and the layers' results are summed. The weights are fixed buffers (not parameters, not in
     state_dict: a model holding this loss neither trains nor saves them) while the output stays differentiable in
-    pred and gt. The computation runs in float32 even under autocast, on the module's device."""
+    pred (and in gt when gt requires a gradient). pred and gt go through the network separately, the gt without
+    autograd when it needs no gradient (see `reference`). The computation runs in float32 even under autocast, on the module's device."""
 
     def __init__(self, net: str = "vgg"):
         super().__init__()
@@ -221,15 +222,38 @@ class LPIPS(nn.Module):
                 taps.append(x)
         return taps
 
-    def forward(self, pred: Tensor, gt: Tensor) -> Tensor:
-        check_image_pair(pred, gt, f"LPIPS-{self.net}", min_size=self.min_size)
-        batch = pred.shape[0]
+    def reference(self, gt: Tensor) -> list[Tensor]:
+        """The unit-normalized tapped features of ground-truth images [B, 3, H, W], for `distance`. Computed
+        without autograd unless gt requires a gradient: a training loss differentiates only the render, and a
+        backward pass through the ground-truth half of a joint batch would double the cost of the backward."""
+        with torch.autocast(device_type=gt.device.type, enabled=False), torch.set_grad_enabled(
+                gt.requires_grad and torch.is_grad_enabled()):
+            return [unit_normalize(feature) for feature in self.features(self._prepare(gt))]
+
+    def distance(self, pred: Tensor, reference: list[Tensor]) -> Tensor:
+        """LPIPS [B] of pred against the `reference` of the ground truth (one reference serves several renders,
+        e.g. the coarse and the fine render of the same targets)."""
         with torch.autocast(device_type=pred.device.type, enabled=False):
-            images = torch.cat([pred, gt], dim=0).to(self.shift.device, torch.float32)
-            images = ((images * 2.0 - 1.0) - self.shift) / self.scale
-            distance = images.new_zeros(batch)
-            for head, feature in enumerate(self.features(images)):
-                diff = (unit_normalize(feature[:batch]) - unit_normalize(feature[batch:])).square()
+            features = self.features(self._prepare(pred))
+            if len(features) != len(reference) or features[0].shape != reference[0].shape:
+                raise ImageMetricError(f"LPIPS-{self.net}: the reference was computed for other images "
+                                       f"({list(reference[0].shape)} features, these give {list(features[0].shape)})")
+            distance = features[0].new_zeros(pred.shape[0])
+            for head, (feature, ref) in enumerate(zip(features, reference)):
+                diff = (unit_normalize(feature) - ref).square()
                 weighted = F.conv2d(diff, getattr(self, f"heads_{head}_weight"))
                 distance = distance + weighted.mean(dim=(1, 2, 3))
         return distance
+
+    def _prepare(self, images: Tensor) -> Tensor:
+        """[0, 1] images -> the network's input: [-1, 1], shifted and scaled, float32 on the module's device."""
+        images = images.to(self.shift.device, torch.float32)
+        return ((images * 2.0 - 1.0) - self.shift) / self.scale
+
+    def check(self, pred: Tensor, gt: Tensor) -> None:
+        """ImageMetricError unless pred and gt are image batches of one shape this network can score."""
+        check_image_pair(pred, gt, f"LPIPS-{self.net}", min_size=self.min_size)
+
+    def forward(self, pred: Tensor, gt: Tensor) -> Tensor:
+        self.check(pred, gt)
+        return self.distance(pred, self.reference(gt))
