@@ -34,10 +34,9 @@ def measure(repo: str, batch: int, targets: int, size: int, renders: int, repeat
     target = torch.rand(batch, targets, 3, size, size, generator=gen)
     noise = [0.1 * torch.randn(target.shape, generator=gen) for _ in range(renders)]
     loss = ReconstructionLoss(lpips_weight=0.05)
-    names = ["coarse", "fine"][:renders] if renders <= 2 else [f"render{i}" for i in range(renders)]
 
     def step() -> float:
-        preds = {name: (target + n).requires_grad_(True) for name, n in zip(names, noise)}
+        preds = {f"render{i}": (target + n).requires_grad_(True) for i, n in enumerate(noise)}
         start = time.perf_counter()
         if hasattr(loss, "terms"):
             total = sum(t["total"] for t in loss.terms(preds, target, 0).values())
@@ -88,8 +87,7 @@ def main(batch, targets, size, repeats, rounds, threads, code, renders, json_onl
                 result = _subprocess(repo, common + ["--renders", str(count)])
                 runs[name][count] += result["sec_all"]
                 click.echo(f"[bench] {name:<8} {count} render(s): {result['sec_median']:.3f} s", err=True)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _results import git_commit, write_results
+    from _results import git_commit, write_results  # not at the top: it puts this checkout first on sys.path
 
     medians = {name: {count: statistics.median(t) for count, t in by_count.items()} for name, by_count in runs.items()}
     click.echo(f"loss of {batch} x {targets} targets at {size}x{size}, MSE + 0.05 LPIPS-VGG, forward + backward, "

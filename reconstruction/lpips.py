@@ -191,7 +191,8 @@ class LPIPS(nn.Module):
     averaged over space, and the layers' results are summed. The weights are fixed buffers (not parameters, not in
     state_dict: a model holding this loss neither trains nor saves them) while the output stays differentiable in
     pred (and in gt when gt requires a gradient). pred and gt go through the network separately, the gt without
-    autograd when it needs no gradient (see `reference`). The computation runs in float32 even under autocast, on the module's device."""
+    autograd when it needs no gradient (see `reference`). The computation runs in float32 even under autocast, on
+    the module's device."""
 
     def __init__(self, net: str = "vgg"):
         super().__init__()
