@@ -2,7 +2,7 @@
 
     python bench/densify_miniature.py --base RUN/network-snapshot-000989.pt --data datasets/scenes64 \
         [--steps-a 1000] [--k-num 1024] [--densify-arg KEY=VALUE ...] [--target-resolution 128] [--seeds 0-2] \
-        [--batch-a 4] [--batch-b 2]
+        [--batch-a 4] [--batch-b 2] [--freeze-encoder-b]
 
 The protocol, on the built-in scenes' test split (scenes never seen in training):
   1. calibrate: a trainer of the base alone and one of base + densifier (the very `reconstruct.py train`
@@ -49,7 +49,7 @@ RECONSTRUCT = os.path.join(REPO_ROOT, "reconstruct.py")
 def train_args(base: str, data: str, outdir: str, steps: int, densify: bool, k_num: int | None,
                densify_args: tuple, seed: int, densify_lr: float | None = None,
                target_resolution: tuple[int, int] | None = None, densify_eps: float | None = None,
-               batch: int | None = None) -> list[str]:
+               batch: int | None = None, freeze_encoder: bool = False) -> list[str]:
     """`reconstruct.py train` arguments of run (a) (densify=False) or (b); batch: scenes per step [the preset's]."""
     args = ["--experiment=scenes", f"--data={data}", f"--outdir={outdir}", f"--steps={steps}", "--gap-warmup=0",
             f"--seed={seed}", "--snapshot-ticks=0", *target_args(target_resolution)]
@@ -64,6 +64,8 @@ def train_args(base: str, data: str, outdir: str, steps: int, densify: bool, k_n
         args.append(f"--densify-lr={densify_lr}")
     if densify_eps is not None:
         args.append(f"--densify-eps={densify_eps}")
+    if freeze_encoder:
+        args.append("--freeze-encoder")
     return args + [f"--densify-arg={item}" for item in densify_args]
 
 
@@ -134,6 +136,8 @@ def _summary(output: str) -> dict:
 @click.option("--batch-a", type=click.IntRange(min=1), default=None, help="Scenes per step of run (a) [preset: 4].")
 @click.option("--batch-b", type=click.IntRange(min=1), default=None,
               help="Scenes per step of run (b) [preset: 4]; its steps still take (a)'s wall time.")
+@click.option("--freeze-encoder-b", is_flag=True,
+              help="Run (b) with --freeze-encoder: the base's encoder fixed, the densifier trained alone.")
 @click.option("--calibration-steps", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option("--parallel/--sequential", default=True, show_default=True, help="Run (a) and (b) side by side.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -143,7 +147,7 @@ def _summary(output: str) -> dict:
 @click.option("--target-resolution", type=ShapeType(), default=None,
               help="Train and score both runs on target views of this size, H or HxW [the contexts' size].")
 def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_eps, batch_a, batch_b,
-         calibration_steps, parallel, threads, seeds, target_resolution):
+         freeze_encoder_b, calibration_steps, parallel, threads, seeds, target_resolution):
     if len(set(seeds)) != len(seeds):
         raise click.BadParameter(f"each seed once, got {','.join(map(str, seeds))}", param_hint="--seeds")
     outdir = os.path.abspath(outdir or tempfile.mkdtemp(prefix="densify-miniature-"))
@@ -155,7 +159,7 @@ def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_e
     def args_of(seed: int, run_dir: str, densify: bool, steps: int) -> list[str]:
         return train_args(base, data, run_dir, steps, densify, k_num, densify_args, seed, densify_lr=densify_lr,
                           target_resolution=target_resolution, densify_eps=densify_eps,
-                          batch=batch_b if densify else batch_a)
+                          batch=batch_b if densify else batch_a, freeze_encoder=densify and freeze_encoder_b)
 
     click.echo("calibrating: training steps of (a) and (b) in turn ...")
     cal = calibrate(args_of(seeds[0], outdir, False, steps_a), args_of(seeds[0], outdir, True, steps_a),
@@ -181,7 +185,8 @@ def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_e
                    f"(b) fine - coarse mean {margins['fine_minus_coarse_db_mean']:+.2f} dB")
     payload = {"kind": "densify-miniature", "git_commit": git_commit(), "base": base, "data": data,
                "k_num": k_num, "densify_args": list(densify_args), "densify_lr": densify_lr,
-               "densify_eps": densify_eps, "batch_a": batch_a, "batch_b": batch_b, "calibration": cal,
+               "densify_eps": densify_eps, "batch_a": batch_a, "batch_b": batch_b,
+               "freeze_encoder_b": freeze_encoder_b, "calibration": cal,
                "target_resolution": None if target_resolution is None else list(target_resolution),
                "steps_a": steps_a, "steps_b": steps_b, "parallel": parallel, "threads": threads, "seeds": seeds,
                "load_average_before": load_before, "load_average_after": os.getloadavg(), "runs": runs, **margins}

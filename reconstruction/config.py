@@ -89,6 +89,7 @@ class DensifyOptions(_Config):
     preset: str = "re10k"                           # reconstruction.densify.DENSIFIER_PRESETS name
     overrides: dict = field(default_factory=dict)   # further GaussianDensifier keyword arguments
     k_num: int | None = None                        # Gaussians densified per context view; None = the preset's
+    freeze_encoder: bool = False                    # train the densifier alone on a fixed (eval-mode) encoder
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,9 @@ class ReconTrainOptions(_Config):
             raise ConfigError(f"--densify-eps must be > 0, got {o.densify_eps}")
         if self.densify.k_num is not None and self.densify.k_num < 1:
             raise ConfigError(f"--k-num must be >= 1, got {self.densify.k_num}")
+        if self.densify.freeze_encoder and not (self.densify.enabled and (self.resume or self.init)):
+            raise ConfigError("--freeze-encoder: needs --densify and trained encoder weights to keep fixed "
+                              "(--resume BASE or --init WEIGHTS); without them the encoder would stay random")
 
 
 # Experiment presets: dotted option paths -> values, applied over the dataclass defaults. `trainable: False` marks

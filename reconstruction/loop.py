@@ -28,7 +28,7 @@ from reconstruction.config import ReconTrainOptions
 from reconstruction.launch import TrainResult, launch
 from reconstruction.loss import ReconstructionLoss
 from reconstruction.train_setup import (build_densifier, build_encoder, build_optimizer, build_schedule,
-                                        densify_generator)
+                                        check_same_freeze, densify_generator)
 from torch_utils import checkpoint, distributed, misc
 from torch_utils.launcher import TrainingFault
 from torch_utils.rank_trainer import RankTrainer
@@ -63,6 +63,8 @@ class ReconTrainer(RankTrainer):
         if self.densifier is not None:
             self.densifier = self.densifier.to(self.device).train()
             distributed.broadcast_module(self.densifier)
+        if self.frozen_encoder:
+            self.encoder.requires_grad_(False)  # out of the optimizer (build_optimizer keeps requires_grad only)
         self.optimizer = build_optimizer(self.encoder, self.densifier, self.opts)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]  # encoder first
         self.scheduler = build_schedule(self.optimizer, self.opts)
@@ -102,6 +104,7 @@ class ReconTrainer(RankTrainer):
                                            f"--densify (and its densifier options)")
         if self.densifier is not None:
             checkpoint.load_into(self.densifier, data["densifier"], path, "densifier")
+            check_same_freeze(path, data["options"], self.frozen_encoder)
         saved_steps = data["options"].get("steps") if isinstance(data["options"], dict) else None
         if saved_steps != self.opts.steps:
             raise checkpoint.SnapshotError(f"{path}: its schedule spans --steps={saved_steps}, this run has "
@@ -178,6 +181,10 @@ class ReconTrainer(RankTrainer):
         rendered = render(out.gaussians, to_cameras(batch["target"]), backend=self.opts.model.backend)
         return out, rendered
 
+    @property
+    def frozen_encoder(self) -> bool:
+        return bool(self.opts.densify.enabled and self.opts.densify.freeze_encoder)
+
     def densify_forward(self, batch: dict, generator: torch.Generator | None):
         """(encoder output, coarse render, DensifyOutput, fine render) of the target views."""
         from reconstruction.views import to_cameras
@@ -189,10 +196,13 @@ class ReconTrainer(RankTrainer):
         return out, coarse, dense, fine
 
     def _densify_pass(self, batch: dict, round_index: int):
-        """Loss terms of one forward pass with densification: L(coarse) + L(fine), statistics reported."""
+        """Loss terms of one forward pass with densification: L(coarse) + L(fine), statistics reported; L(fine)
+        alone with a frozen encoder (the coarse render's loss has no gradient then, so it is not rendered)."""
         from reconstruction.metrics import psnr
 
         generator = densify_generator(self.opts.seed, self.rank, self.step, round_index)
+        if self.frozen_encoder:
+            return self._frozen_densify_pass(batch, generator)
         _, coarse, dense, fine = self.densify_forward(batch, generator)
         gt = batch["target"]["image"]
         terms = self.loss.terms({"coarse": coarse.color, "fine": fine.color}, gt, self.step)
@@ -207,12 +217,32 @@ class ReconTrainer(RankTrainer):
             self.stats.report("Metrics/psnr_fine", psnr(fine.color.flatten(0, 1), gt.flatten(0, 1)))
         return terms["coarse"]["total"] + terms["fine"]["total"]
 
+    def _frozen_densify_pass(self, batch: dict, generator: torch.Generator):
+        from reconstruction.metrics import psnr
+        from reconstruction.views import to_cameras
+        from splatting import render
+
+        with torch.no_grad():
+            out = self.encoder(batch["context"])
+        dense = self.densifier(batch["context"], out, generator=generator, backend=self.opts.model.backend)
+        fine = render(dense.gaussians, to_cameras(batch["target"]), backend=self.opts.model.backend)
+        gt = batch["target"]["image"]
+        terms = self.loss.terms({"fine": fine.color}, gt, self.step)["fine"]
+        for name in ("mse", "lpips"):
+            if name in terms:
+                self.stats.report(f"Loss/fine/{name}", terms[name].detach())
+        self.stats.report("Densify/gaussians", float(dense.gaussians.num_gaussians))
+        self.stats.report("Timing/densify_sec", dense.timings["total"])
+        with torch.no_grad():
+            self.stats.report("Metrics/psnr_fine", psnr(fine.color.flatten(0, 1), gt.flatten(0, 1)))
+        return terms["total"]
+
     def train_step(self, deadline: float | None) -> tuple[bool, bool]:
         """One optimizer step over `accumulate` forward passes. Returns (stop requested, time is up)."""
         from reconstruction.metrics import psnr
 
         start = time.time()
-        self.encoder.train()
+        self.encoder.train(not self.frozen_encoder)  # a frozen encoder runs as at inference (normalization stats)
         if self.densifier is not None:
             self.densifier.train()
         self.optimizer.zero_grad(set_to_none=True)

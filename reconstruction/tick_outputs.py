@@ -72,13 +72,17 @@ def format_tick_line(stats: dict) -> str:
     total = 0.0 if math.isnan(total) else total
     # Data/skipped/<reason> holds the skips made per delivered example: mean * num = skips this tick.
     skipped = sum(e["mean"] * e["num"] for name, e in stats.items() if name.startswith("Data/skipped/"))
+    if "Metrics/psnr_fine" not in stats:
+        losses = (f"mse {get('Loss/mse'):.5f} lpips {get('Loss/lpips'):.4f} psnr {get('Metrics/psnr_train'):.2f} ")
+    elif "Metrics/psnr_coarse" in stats:
+        losses = (f"mse coarse {get('Loss/coarse/mse'):.5f} fine {get('Loss/fine/mse'):.5f} psnr coarse "
+                  f"{get('Metrics/psnr_coarse'):.2f} fine {get('Metrics/psnr_fine'):.2f} densify "
+                  f"{get('Timing/densify_sec'):.3f}s ")
+    else:  # a frozen encoder: no coarse render in training
+        losses = (f"mse fine {get('Loss/fine/mse'):.5f} psnr fine {get('Metrics/psnr_fine'):.2f} densify "
+                  f"{get('Timing/densify_sec'):.3f}s ")
     return (f"tick {int(get('Progress/tick')):<5d} step {int(get('Progress/step')):<7d} "
             f"time {int(total // 3600)}h{int(total % 3600 // 60):02d}m{int(total % 60):02d}s  "
             f"sec/step {get('Timing/sec_per_step'):<6.3f} maintenance {get('Timing/maintenance_sec'):<5.1f} "
             f"cpumem {get('Resources/cpu_mem_gb'):.2f} gpumem {get('Resources/peak_gpu_mem_gb'):.2f}  "
-            f"lr {get('Progress/lr'):.2e} loss {get('Loss/total'):.4f} " + (
-                f"mse {get('Loss/mse'):.5f} lpips {get('Loss/lpips'):.4f} psnr {get('Metrics/psnr_train'):.2f} "
-                if "Metrics/psnr_fine" not in stats else
-                f"mse coarse {get('Loss/coarse/mse'):.5f} fine {get('Loss/fine/mse'):.5f} psnr coarse "
-                f"{get('Metrics/psnr_coarse'):.2f} fine {get('Metrics/psnr_fine'):.2f} densify "
-                f"{get('Timing/densify_sec'):.3f}s ") + f"skipped {int(round(skipped))}")
+            f"lr {get('Progress/lr'):.2e} loss {get('Loss/total'):.4f} {losses}skipped {int(round(skipped))}")

@@ -37,6 +37,17 @@ def build_densifier(options: ReconTrainOptions, encoder):
     return densifier
 
 
+def check_same_freeze(path: str, saved_options, frozen: bool) -> None:
+    """A densified run resumes with its encoder frozen or trained as it was: the optimizer's groups differ."""
+    from torch_utils.checkpoint import SnapshotError
+
+    saved = saved_options.get("densify", {}) if isinstance(saved_options, dict) else {}
+    was = bool(saved.get("freeze_encoder", False))
+    if was != bool(frozen):
+        raise SnapshotError(f"{path}: a run trained {'with' if was else 'without'} --freeze-encoder; resume it "
+                            f"the same way")
+
+
 def densify_generator(seed: int, rank: int, step: int, round_index: int) -> torch.Generator:
     """The CPU generator of one forward pass's densifier randomness: a pure function of (seed, rank, step, pass),
     so a resumed run draws exactly what the uninterrupted one drew."""

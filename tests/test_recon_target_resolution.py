@@ -256,6 +256,19 @@ def test_densify_miniature_gives_each_run_its_own_batch(monkeypatch):
             assert reconstruct.build_train_options(ctx.params).batch_gpu == expected
 
 
+def test_densify_miniature_freezes_the_encoder_of_run_b_only(monkeypatch):
+    import reconstruct
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import densify_miniature as bench  # bench/densify_miniature.py
+
+    for densify in (False, True):
+        args = bench.train_args("base.pt", "data", "out", 5, densify, None, (), 0, freeze_encoder=densify)
+        with reconstruct.train.make_context("train", args) as ctx:
+            options = reconstruct.build_train_options(ctx.params)
+        assert options.densify.freeze_encoder is densify and options.densify.enabled is densify
+
+
 def test_densify_miniature_averages_the_margins_over_seeds_and_refuses_a_bad_seed_list(monkeypatch):
     from click.testing import CliRunner
 

@@ -181,6 +181,29 @@ def test_fine_tune_from_a_base_run_starts_fresh_at_step_zero(data_root, base_run
     assert "fine-tuning with generative densification: encoder weights from" in log
 
 
+def test_frozen_encoder_fine_tune_trains_the_densifier_alone(data_root, base_run, dense_run, tmp_path):
+    """--freeze-encoder: the base's encoder (running statistics included: it runs in eval mode) is unchanged, the
+    optimizer holds the densifier only, the loss is the fine render's, and a resume must freeze it too."""
+    base = checkpoint.read_recon_snapshot_dict(os.path.join(base_run, "network-snapshot-000002.pt"))
+    run = train_run(tmp_path / "runs", data_root, 2, *DENSIFY_ARGS, "--freeze-encoder", "--resume", base_run)
+    final = checkpoint.read_recon_snapshot_dict(os.path.join(run, "network-snapshot-000002.pt"))
+    for name, value in base["encoder"]["state_dict"].items():
+        assert torch.equal(value, final["encoder"]["state_dict"][name]), name
+    densifier = checkpoint.build_module(final["densifier"])
+    assert len(final["optimizer"]["state"]) == len(list(densifier.parameters()))
+    heads = [v for k, v in final["densifier"]["state_dict"].items() if k.endswith("head.2.weight")]
+    assert heads and all(bool(h.abs().sum() > 0) for h in heads)  # zero-initialized, so these have trained
+    last = [json.loads(line) for line in open(os.path.join(run, "stats.jsonl"))][-1]
+    assert "Loss/coarse/mse" not in last and "Metrics/psnr_coarse" not in last
+    assert last["Loss/total"]["mean"] == pytest.approx(last["Loss/fine/mse"]["mean"], rel=1e-6)
+    assert "psnr fine" in open(os.path.join(run, "log.txt")).read()
+    common = ["train", "--outdir", tmp_path / "more", "--data", data_root, "--steps", 2, *TINY_TRAIN, *DENSIFY_ARGS]
+    assert "trained with --freeze-encoder; resume it the same way" in error_line(invoke(*common, "--resume", run))
+    line = error_line(invoke(*common, "--freeze-encoder", "--resume", dense_run))
+    assert "trained without --freeze-encoder" in line
+    assert not (tmp_path / "more").exists()
+
+
 def test_exact_resume_of_a_densify_run(data_root, tmp_path):
     full = loop.launch(dense_options(data_root, str(tmp_path / "a")))
     assert full.status == "done" and full.step == 4
@@ -317,6 +340,9 @@ def test_densify_bad_inputs_are_one_line(data_root, base_run, dense_run, tmp_pat
     assert "given without --densify" in error_line(invoke(*common, "--k-num", 3))
     assert "--densify-lr given without --densify" in error_line(invoke(*common, "--densify-lr", 1e-3))
     assert "--densify-eps given without --densify" in error_line(invoke(*common, "--densify-eps", 1e-12))
+    assert "--freeze-encoder given without --densify" in error_line(invoke(*common, "--freeze-encoder"))
+    assert "--freeze-encoder: needs --densify and trained encoder weights" in error_line(
+        invoke(*common, *DENSIFY_ARGS, "--freeze-encoder"))
     assert "densify_lr: expected a finite number, got nan" in error_line(invoke(*common, *DENSIFY_ARGS,
                                                                                 "--densify-lr", "nan"))
     assert "KEY=VALUE" in error_line(invoke(*common, *DENSIFY_ARGS, "--densify-arg", "x"))
