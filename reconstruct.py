@@ -157,7 +157,7 @@ def cli():
               help="Gaussians densified per context view [the densifier preset's: re10k 30000; small 1024].")
 @click.option("--freeze-encoder", is_flag=True,
               help="With --densify: keep the encoder of --resume/--init fixed (eval mode) and train the densifier "
-                   "alone, on the fine render's loss; a step costs about 0.6x a joint one at the small preset.")
+                   "alone, on the fine render's loss; a step costs about 0.64x a joint one at the small preset.")
 @click.option("--desc", default="", help="String appended to the run directory name.")
 @click.option("--dry-run", "-n", is_flag=True, help="Print the resolved options and the model summary, then exit.")
 def train(**opts):

@@ -2,7 +2,7 @@
 
     python bench/densify_miniature.py --base RUN/network-snapshot-000989.pt --data datasets/scenes64 \
         [--steps-a 1000] [--k-num 1024] [--densify-arg KEY=VALUE ...] [--target-resolution 128] [--seeds 0-2] \
-        [--batch-a 4] [--batch-b 2] [--freeze-encoder-b]
+        [--batch-a 4] [--batch-b 2] [--freeze-encoder-b] [--encoder-first 0.5]
 
 The protocol, on the built-in scenes' test split (scenes never seen in training):
   1. calibrate: a trainer of the base alone and one of base + densifier (the very `reconstruct.py train`
@@ -13,6 +13,9 @@ The protocol, on the built-in scenes' test split (scenes never seen in training)
      densifier (`--densify --resume BASE`, a fine-tune) for N_b = round(N_a t_a / t_b) steps. Step counts rather
      than a clock keep both runs deterministic whatever else the machine runs meanwhile, so they run side by
      side (--parallel, the default) without changing what they compute;
+     `--freeze-encoder-b` keeps (b)'s encoder fixed; `--encoder-first F` makes (b) a chain: its encoder alone
+     for F N_a steps (as (a)), then the densifier from that run for the rest of the time, (1 - F) N_a t_a / t_b
+     steps;
   3. `reconstruct.py test` of both final snapshots on the dataset's evaluation index: PSNR / SSIM / LPIPS of (a)
      and of (b)'s fine and coarse renders, Gaussian counts and seconds per scene.
   4. with several --seeds, steps 2-3 once per seed (data order, initialization and the densifier's random draws;
@@ -49,15 +52,16 @@ RECONSTRUCT = os.path.join(REPO_ROOT, "reconstruct.py")
 def train_args(base: str, data: str, outdir: str, steps: int, densify: bool, k_num: int | None,
                densify_args: tuple, seed: int, densify_lr: float | None = None,
                target_resolution: tuple[int, int] | None = None, densify_eps: float | None = None,
-               batch: int | None = None, freeze_encoder: bool = False) -> list[str]:
-    """`reconstruct.py train` arguments of run (a) (densify=False) or (b); batch: scenes per step [the preset's]."""
+               batch: int | None = None, freeze_encoder: bool = False, desc: str | None = None) -> list[str]:
+    """`reconstruct.py train` arguments of run (a) (densify=False) or (b); batch: scenes per step [the preset's];
+    desc: the run directory's suffix [a-base / b-densify]."""
     args = ["--experiment=scenes", f"--data={data}", f"--outdir={outdir}", f"--steps={steps}", "--gap-warmup=0",
             f"--seed={seed}", "--snapshot-ticks=0", *target_args(target_resolution)]
     if batch is not None:
         args.append(f"--batch={batch}")
     if not densify:
-        return args + [f"--init={base}", "--desc=a-base"]
-    args += ["--densify", f"--resume={base}", "--desc=b-densify"]
+        return args + [f"--init={base}", f"--desc={desc or 'a-base'}"]
+    args += ["--densify", f"--resume={base}", f"--desc={desc or 'b-densify'}"]
     if k_num is not None:
         args.append(f"--k-num={k_num}")
     if densify_lr is not None:
@@ -138,6 +142,9 @@ def _summary(output: str) -> dict:
               help="Scenes per step of run (b) [preset: 4]; its steps still take (a)'s wall time.")
 @click.option("--freeze-encoder-b", is_flag=True,
               help="Run (b) with --freeze-encoder: the base's encoder fixed, the densifier trained alone.")
+@click.option("--encoder-first", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="(b) spends this fraction of the time training the encoder alone, as (a) does, then the rest "
+                   "with the densifier, resumed from that snapshot (with --freeze-encoder-b: a staged fine-tune).")
 @click.option("--calibration-steps", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option("--parallel/--sequential", default=True, show_default=True, help="Run (a) and (b) side by side.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -147,7 +154,7 @@ def _summary(output: str) -> dict:
 @click.option("--target-resolution", type=ShapeType(), default=None,
               help="Train and score both runs on target views of this size, H or HxW [the contexts' size].")
 def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_eps, batch_a, batch_b,
-         freeze_encoder_b, calibration_steps, parallel, threads, seeds, target_resolution):
+         freeze_encoder_b, encoder_first, calibration_steps, parallel, threads, seeds, target_resolution):
     if len(set(seeds)) != len(seeds):
         raise click.BadParameter(f"each seed once, got {','.join(map(str, seeds))}", param_hint="--seeds")
     outdir = os.path.abspath(outdir or tempfile.mkdtemp(prefix="densify-miniature-"))
@@ -156,28 +163,38 @@ def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_e
     load_before = os.getloadavg()
     threads = threads or (1 if parallel else max(1, os.cpu_count() or 1))
 
-    def args_of(seed: int, run_dir: str, densify: bool, steps: int) -> list[str]:
-        return train_args(base, data, run_dir, steps, densify, k_num, densify_args, seed, densify_lr=densify_lr,
+    def args_of(seed: int, run_dir: str, densify: bool, steps: int, start: str = base,
+                desc: str | None = None) -> list[str]:
+        return train_args(start, data, run_dir, steps, densify, k_num, densify_args, seed, densify_lr=densify_lr,
                           target_resolution=target_resolution, densify_eps=densify_eps,
-                          batch=batch_b if densify else batch_a, freeze_encoder=densify and freeze_encoder_b)
+                          batch=batch_b if densify else batch_a, freeze_encoder=densify and freeze_encoder_b,
+                          desc=desc)
 
     click.echo("calibrating: training steps of (a) and (b) in turn ...")
     cal = calibrate(args_of(seeds[0], outdir, False, steps_a), args_of(seeds[0], outdir, True, steps_a),
                     calibration_steps, threads)
-    steps_b = max(1, round(steps_a * cal["t_a"] / cal["t_b"]))
+    encoder_steps = round(encoder_first * steps_a)  # (b)'s encoder-only steps, each as dear as one of (a)
+    steps_b = max(1, round((steps_a - encoder_steps) * cal["t_a"] / cal["t_b"]))
+    first = f"{encoder_steps} encoder-only + " if encoder_steps else ""
     click.echo(f"t_a {cal['t_a']:.3f} s/step, t_b {cal['t_b']:.3f} s/step at {threads} thread(s) (ratio "
-               f"{cal['t_b'] / cal['t_a']:.2f}): (a) {steps_a} steps, (b) {steps_b} steps = "
+               f"{cal['t_b'] / cal['t_a']:.2f}): (a) {steps_a} steps, (b) {first}{steps_b} steps = "
                f"{steps_a * cal['t_a'] / 60:.1f} min each at these step times, per seed")
+
+    def plan_b(seed: int, run_dir: str) -> list[list[str]]:
+        if not encoder_steps:
+            return [args_of(seed, run_dir, True, steps_b)]
+        return [args_of(seed, run_dir, False, encoder_steps, desc="b-encoder"),
+                args_of(seed, run_dir, True, steps_b, start=PREVIOUS_RUN)]
     runs = []
     for seed in seeds:
         # One seed alone keeps the layout of earlier results (runs directly in --outdir).
         run_dir = outdir if len(seeds) == 1 else os.path.join(outdir, f"seed{seed}")
         os.makedirs(run_dir, exist_ok=True)
-        a, b, wall = run_pair(args_of(seed, run_dir, False, steps_a), args_of(seed, run_dir, True, steps_b),
+        a, b, wall = run_pair({"a": [args_of(seed, run_dir, False, steps_a)], "b": plan_b(seed, run_dir)},
                               run_dir, data, parallel, threads, target_resolution)
         runs.append({"seed": seed, "a": a, "b": b, "wall_seconds_both_runs": wall,
                      "fine_minus_a_db": b["psnr"] - a["psnr"], "fine_minus_coarse_db": b["psnr"] - b["coarse_psnr"]})
-        print_pair(base, seed, steps_a, steps_b, a, b, batch_a, batch_b)
+        print_pair(base, seed, steps_a, f"{first}{steps_b}", a, b, batch_a, batch_b)
     margins = summarize_margins(runs)
     if len(runs) > 1:
         click.echo(f"\nover {len(runs)} seeds: (b) fine - (a) mean {margins['fine_minus_a_db_mean']:+.2f} dB "
@@ -186,31 +203,48 @@ def main(base, data, outdir, steps_a, k_num, densify_args, densify_lr, densify_e
     payload = {"kind": "densify-miniature", "git_commit": git_commit(), "base": base, "data": data,
                "k_num": k_num, "densify_args": list(densify_args), "densify_lr": densify_lr,
                "densify_eps": densify_eps, "batch_a": batch_a, "batch_b": batch_b,
-               "freeze_encoder_b": freeze_encoder_b, "calibration": cal,
+               "freeze_encoder_b": freeze_encoder_b, "encoder_first": encoder_first,
+               "encoder_steps_b": encoder_steps, "calibration": cal,
                "target_resolution": None if target_resolution is None else list(target_resolution),
                "steps_a": steps_a, "steps_b": steps_b, "parallel": parallel, "threads": threads, "seeds": seeds,
                "load_average_before": load_before, "load_average_after": os.getloadavg(), "runs": runs, **margins}
     click.echo(f"results: {write_results('densify-miniature', payload)}")
 
 
-def run_pair(args_a: list[str], args_b: list[str], run_dir: str, data: str, parallel: bool, threads: int,
+PREVIOUS_RUN = "<previous run>"  # in a chain's arguments: the run directory the chain's previous stage wrote
+
+
+def _desc(args: list[str]) -> str:
+    return next(arg.split("=", 1)[1] for arg in args if arg.startswith("--desc="))
+
+
+def _train_chain(name: str, stages: list[list[str]], run_dir: str, env: dict) -> None:
+    """One run's `reconstruct.py train` stages, in order, logged to RUN_DIR/NAME.log; a stage's PREVIOUS_RUN
+    arguments name the previous stage's run directory."""
+    previous = None
+    with open(os.path.join(run_dir, f"{name}.log"), "w") as log:
+        for args in stages:
+            args = [arg.replace(PREVIOUS_RUN, previous) for arg in args] if previous else args
+            command = [sys.executable, RECONSTRUCT, "train", *args]
+            click.echo(f"({name}) {shlex.join(command)}")
+            log.flush()
+            if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env).returncode:
+                raise click.ClickException(f"run ({name}) failed: see {log.name}")
+            previous = _latest_run(run_dir, _desc(args))
+
+
+def run_pair(plans: dict[str, list[list[str]]], run_dir: str, data: str, parallel: bool, threads: int,
              target_resolution) -> tuple[dict, dict, float]:
-    """Train (a) and (b) (side by side with `parallel`), then test both: (summary a, summary b, wall seconds)."""
+    """Train (a) and (b) (side by side with `parallel`; each a chain of `train` stages), then test both:
+    (summary a, summary b, wall seconds)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    commands = {name: [sys.executable, RECONSTRUCT, "train", *args] for name, args in (("a", args_a), ("b", args_b))}
-    logs, procs = {}, {}
     started = time.time()
-    for name, command in commands.items():
-        click.echo(f"({name}) {shlex.join(command)}")
-        logs[name] = open(os.path.join(run_dir, f"{name}.log"), "w")
-        procs[name] = subprocess.Popen(command, stdout=logs[name], stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                       env=env)
-        if not parallel:
-            procs[name].wait()
-    for name, proc in procs.items():
-        if proc.wait() != 0:
-            raise click.ClickException(f"run ({name}) failed: see {logs[name].name}")
-        logs[name].close()
+    with ThreadPoolExecutor(max_workers=2 if parallel else 1) as pool:
+        futures = [pool.submit(_train_chain, name, plans[name], run_dir, env) for name in ("a", "b")]
+        for future in futures:
+            future.result()
     wall = time.time() - started
     results = {}
     for name, desc in (("a", "a-base"), ("b", "b-densify")):
@@ -224,7 +258,7 @@ def run_pair(args_a: list[str], args_b: list[str], run_dir: str, data: str, para
     return results["a"], results["b"], wall
 
 
-def print_pair(base: str, seed: int, steps_a: int, steps_b: int, a: dict, b: dict, batch_a: int | None = None,
+def print_pair(base: str, seed: int, steps_a: int, steps_b, a: dict, b: dict, batch_a: int | None = None,
                batch_b: int | None = None) -> None:
     rows = [("(a) base alone", a["psnr"], a["ssim"], a["lpips"], a["gaussians_per_scene"], a["seconds_per_scene"]),
             ("(b) fine", b["psnr"], b["ssim"], b["lpips"], b["gaussians_per_scene"], b["seconds_per_scene"]),

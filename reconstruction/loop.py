@@ -290,7 +290,8 @@ class ReconTrainer(RankTrainer):
         if self.opts.optim.clip_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.opts.optim.clip_norm)
             self.stats.report("Progress/grad_norm", norm.detach())
-        self.stats.report("Progress/lr", self.optimizer.param_groups[0]["lr"])
+        # the trained parameters' rate: the encoder's, or the densifier's when the encoder is frozen
+        self.stats.report("Progress/lr", self.optimizer.param_groups[-1 if self.frozen_encoder else 0]["lr"])
         if len(self.optimizer.param_groups) > 1:
             self.stats.report("Progress/lr_densify", self.optimizer.param_groups[1]["lr"])
         self.optimizer.step()

@@ -269,6 +269,44 @@ def test_densify_miniature_freezes_the_encoder_of_run_b_only(monkeypatch):
         assert options.densify.freeze_encoder is densify and options.densify.enabled is densify
 
 
+def test_densify_miniature_encoder_first_chains_two_stages_in_the_time_of_run_a(monkeypatch, tmp_path):
+    """--encoder-first 0.5: (b) trains the encoder alone for half of (a)'s steps, then the densifier from that
+    run for the rest of (a)'s time at the calibrated step ratio."""
+    import subprocess
+
+    from click.testing import CliRunner
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import densify_miniature as bench  # bench/densify_miniature.py
+
+    trains = []
+    summary = {"psnr": 26.0, "ssim": 0.8, "lpips": 0.1, "gaussians_per_scene": 8192, "seconds_per_scene": 0.1,
+               "coarse_psnr": 25.9, "coarse_ssim": 0.8, "coarse_lpips": 0.1, "coarse_gaussians_per_scene": 8192,
+               "num_scenes": 40}
+
+    def fake_run(command, **kwargs):
+        if command[2] == "train":
+            values = dict(arg[2:].split("=", 1) for arg in command[3:] if "=" in arg)
+            trains.append(values)
+            os.makedirs(os.path.join(values["outdir"], f"{len(trains):05d}-{values['desc']}"))
+            return subprocess.CompletedProcess(command, 0)
+        return subprocess.CompletedProcess(command, 0, stdout=json.dumps(summary) + "\n", stderr="")
+
+    monkeypatch.setattr(bench, "calibrate", lambda *args: {"t_a": 0.5, "t_b": 0.625, "repeats": 1, "threads": 1})
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr(bench, "write_results", lambda kind, payload: str(tmp_path / "results.json"))
+    result = CliRunner().invoke(bench.main, ["--base", str(tmp_path / "base.pt"), "--data", str(tmp_path),
+                                             "--outdir", str(tmp_path / "out"), "--steps-a", "3000",
+                                             "--encoder-first", "0.5", "--freeze-encoder-b", "--sequential"])
+    assert result.exit_code == 0, result.output
+    a, b1, b2 = trains
+    assert (a["steps"], a["desc"], a["init"]) == ("3000", "a-base", str(tmp_path / "base.pt"))
+    assert (b1["steps"], b1["desc"], b1["init"]) == ("1500", "b-encoder", str(tmp_path / "base.pt"))
+    assert (b2["steps"], b2["desc"]) == ("1200", "b-densify")  # 1,500 steps of 0.5 s at 0.625 s per step
+    assert b2["resume"] == str(tmp_path / "out" / "00002-b-encoder")
+    assert "1500 encoder-only + 1200 steps" in result.output
+
+
 def test_densify_miniature_averages_the_margins_over_seeds_and_refuses_a_bad_seed_list(monkeypatch):
     from click.testing import CliRunner
 

@@ -196,6 +196,7 @@ def test_frozen_encoder_fine_tune_trains_the_densifier_alone(data_root, base_run
     last = [json.loads(line) for line in open(os.path.join(run, "stats.jsonl"))][-1]
     assert "Loss/coarse/mse" not in last and "Metrics/psnr_coarse" not in last
     assert last["Loss/total"]["mean"] == pytest.approx(last["Loss/fine/mse"]["mean"], rel=1e-6)
+    assert last["Progress/lr"] == last["Progress/lr_densify"]  # the log shows the rate of what trains
     assert "psnr fine" in open(os.path.join(run, "log.txt")).read()
     common = ["train", "--outdir", tmp_path / "more", "--data", data_root, "--steps", 2, *TINY_TRAIN, *DENSIFY_ARGS]
     assert "trained with --freeze-encoder; resume it the same way" in error_line(invoke(*common, "--resume", run))
