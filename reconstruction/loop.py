@@ -187,25 +187,35 @@ class ReconTrainer(RankTrainer):
 
     def densify_forward(self, batch: dict, generator: torch.Generator | None):
         """(encoder output, coarse render, DensifyOutput, fine render) of the target views."""
+        out, coarse = self.forward(batch)
+        return (out, coarse, *self._densify_and_render(batch, out, generator))
+
+    def _densify_and_render(self, batch: dict, out, generator: torch.Generator | None):
+        """(DensifyOutput, fine render of the target views) of encoder output `out`."""
         from reconstruction.views import to_cameras
         from splatting import render
 
-        out, coarse = self.forward(batch)
         dense = self.densifier(batch["context"], out, generator=generator, backend=self.opts.model.backend)
         fine = render(dense.gaussians, to_cameras(batch["target"]), backend=self.opts.model.backend)
-        return out, coarse, dense, fine
+        return dense, fine
 
     def _densify_pass(self, batch: dict, round_index: int):
-        """Loss terms of one forward pass with densification: L(coarse) + L(fine), statistics reported; L(fine)
-        alone with a frozen encoder (the coarse render's loss has no gradient then, so it is not rendered)."""
+        """Loss of one forward pass with densification, statistics reported: L(coarse) + L(fine), or L(fine) alone
+        with a frozen encoder (the coarse render's loss has no gradient then, so it is not rendered)."""
         from reconstruction.metrics import psnr
 
         generator = densify_generator(self.opts.seed, self.rank, self.step, round_index)
         if self.frozen_encoder:
-            return self._frozen_densify_pass(batch, generator)
-        _, coarse, dense, fine = self.densify_forward(batch, generator)
+            with torch.no_grad():
+                out = self.encoder(batch["context"])
+            renders = {}
+        else:
+            out, coarse = self.forward(batch)
+            renders = {"coarse": coarse.color}
+        dense, fine = self._densify_and_render(batch, out, generator)
+        renders["fine"] = fine.color
         gt = batch["target"]["image"]
-        terms = self.loss.terms({"coarse": coarse.color, "fine": fine.color}, gt, self.step)
+        terms = self.loss.terms(renders, gt, self.step)
         for part, values in terms.items():
             for name in ("mse", "lpips"):
                 if name in values:
@@ -213,29 +223,9 @@ class ReconTrainer(RankTrainer):
         self.stats.report("Densify/gaussians", float(dense.gaussians.num_gaussians))
         self.stats.report("Timing/densify_sec", dense.timings["total"])
         with torch.no_grad():
-            self.stats.report("Metrics/psnr_coarse", psnr(coarse.color.flatten(0, 1), gt.flatten(0, 1)))
-            self.stats.report("Metrics/psnr_fine", psnr(fine.color.flatten(0, 1), gt.flatten(0, 1)))
-        return terms["coarse"]["total"] + terms["fine"]["total"]
-
-    def _frozen_densify_pass(self, batch: dict, generator: torch.Generator):
-        from reconstruction.metrics import psnr
-        from reconstruction.views import to_cameras
-        from splatting import render
-
-        with torch.no_grad():
-            out = self.encoder(batch["context"])
-        dense = self.densifier(batch["context"], out, generator=generator, backend=self.opts.model.backend)
-        fine = render(dense.gaussians, to_cameras(batch["target"]), backend=self.opts.model.backend)
-        gt = batch["target"]["image"]
-        terms = self.loss.terms({"fine": fine.color}, gt, self.step)["fine"]
-        for name in ("mse", "lpips"):
-            if name in terms:
-                self.stats.report(f"Loss/fine/{name}", terms[name].detach())
-        self.stats.report("Densify/gaussians", float(dense.gaussians.num_gaussians))
-        self.stats.report("Timing/densify_sec", dense.timings["total"])
-        with torch.no_grad():
-            self.stats.report("Metrics/psnr_fine", psnr(fine.color.flatten(0, 1), gt.flatten(0, 1)))
-        return terms["total"]
+            for part, color in renders.items():
+                self.stats.report(f"Metrics/psnr_{part}", psnr(color.flatten(0, 1), gt.flatten(0, 1)))
+        return sum(values["total"] for values in terms.values())
 
     def train_step(self, deadline: float | None) -> tuple[bool, bool]:
         """One optimizer step over `accumulate` forward passes. Returns (stop requested, time is up)."""
